@@ -1,0 +1,110 @@
+"""Build the policy: a local Hugging Face model or a tiny Llama, optionally with LoRA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+TINY_LLAMA = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+}
+"""Default shape of the randomly initialised model used when no checkpoint is named."""
+
+
+def build_tiny_llama(tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> LlamaForCausalLM:
+    """A small randomly initialised Llama sized to ``tokenizer`` (no download).
+
+    Args:
+        tokenizer: Its length sets the vocabulary; its special tokens set the ids.
+        **overrides: ``LlamaConfig`` fields replacing :data:`TINY_LLAMA`'s.
+    """
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **{**TINY_LLAMA, **overrides},
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(path: str) -> nn.Module:
+    """Load a causal LM from a local directory (never from the hub).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a local directory.
+    """
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"model.pretrained={path!r} is not a local directory: lightning-dpo loads models "
+            "from disk only (save one with `save_pretrained`, or leave pretrained unset for "
+            "the tiny default)"
+        )
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+
+
+def add_lora(
+    model: nn.Module,
+    r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    target_modules: Sequence[str] | str = "all-linear",
+) -> nn.Module:
+    """Wrap ``model`` with fresh peft LoRA adapters; the base weights are frozen.
+
+    Args:
+        model: The base causal LM.
+        r: Rank of the adapters.
+        lora_alpha: Scaling numerator (the update is scaled by ``lora_alpha / r``).
+        lora_dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt, or ``"all-linear"``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def build_policy(
+    tokenizer: PreTrainedTokenizerBase,
+    pretrained: str | None = None,
+    tiny: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the policy to train.
+
+    Args:
+        tokenizer: The data's tokenizer (sizes the tiny model).
+        pretrained: Local directory of a Hugging Face causal LM; ``None`` builds the tiny
+            random Llama instead.
+        tiny: ``LlamaConfig`` overrides for the tiny model.
+        lora: ``add_lora`` arguments; ``None`` trains all parameters.
+    """
+    if pretrained is not None:
+        model = load_pretrained(pretrained)
+    else:
+        model = build_tiny_llama(tokenizer, **(tiny or {}))
+    if lora is not None:
+        model = add_lora(model, **lora)
+    return model

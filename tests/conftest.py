@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny tokenizer, tiny policies, batches and composed Hydra configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
+from lightning_dpo.policy import add_lora, build_tiny_llama
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture
+def tiny_policy(tokenizer):
+    torch.manual_seed(0)
+    return build_tiny_llama(
+        tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+
+
+@pytest.fixture
+def lora_policy(tokenizer):
+    torch.manual_seed(0)
+    base = build_tiny_llama(
+        tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return add_lora(base, r=4, lora_alpha=8)
+
+
+def small_datamodule(tokenizer=None, batch_size: int = 8, **kwargs) -> PreferenceDataModule:
+    """The embedded task, shrunk for tests."""
+    return PreferenceDataModule(
+        tokenizer=tokenizer, num_train=64, num_val=16, batch_size=batch_size, **kwargs
+    )
+
+
+@pytest.fixture
+def batch(tokenizer) -> dict[str, torch.Tensor]:
+    datamodule = small_datamodule(tokenizer)
+    datamodule.setup()
+    return next(iter(datamodule.val_dataloader()))
+
+
+def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/train.yaml as `python train.py` would, writing under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
+FAST_OVERRIDES = [
+    "data.num_train=64",
+    "data.num_val=16",
+    "data.batch_size=8",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+"""Overrides that make a composed run take seconds."""

@@ -1,0 +1,182 @@
+"""The reference bracket: in-place swap, exact restoration, dropout off, adapters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lightning_dpo.logprobs import sequence_logps
+from lightning_dpo.reference import (
+    AdapterDisabledReference,
+    HostSnapshotReference,
+    eval_mode,
+    reference_context,
+)
+
+
+def _logps(model, batch):
+    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+
+
+def _state(model):
+    """Everything a bracket must give back: weights (cloned), grad flags, modes."""
+    return (
+        {name: p.detach().clone() for name, p in model.named_parameters()},
+        {name: p.requires_grad for name, p in model.named_parameters()},
+        {name: m.training for name, m in model.named_modules()},
+    )
+
+
+def _assert_same_state(model, before):
+    weights, flags, modes = _state(model)
+    assert weights.keys() == before[0].keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, before[0][name]), name
+    assert flags == before[1]
+    assert modes == before[2]
+
+
+def _perturb(model, scale=0.05):
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn_like(param))
+
+
+@pytest.fixture
+def mixed_policy(tiny_policy):
+    """A policy with a frozen embedding, one module in eval mode, the rest training."""
+    tiny_policy.get_input_embeddings().weight.requires_grad_(False)
+    tiny_policy.train()
+    tiny_policy.model.layers[0].mlp.eval()
+    return tiny_policy
+
+
+def test_snapshot_holds_only_trainable_parameters(mixed_policy):
+    snapshot = HostSnapshotReference.capture(mixed_policy)
+    trainable = {n for n, p in mixed_policy.named_parameters() if p.requires_grad}
+    assert set(snapshot.snapshot) == trainable
+    assert "model.embed_tokens.weight" not in snapshot.snapshot
+    assert all(t.device.type == "cpu" for t in snapshot.snapshot.values())
+    expected = sum(
+        p.numel() * p.element_size() for n, p in mixed_policy.named_parameters() if p.requires_grad
+    )
+    assert snapshot.nbytes == expected
+
+
+def test_bracket_computes_reference_and_restores_everything(mixed_policy, batch):
+    initial = copy.deepcopy(mixed_policy).eval()
+    snapshot = HostSnapshotReference.capture(mixed_policy)
+    _perturb(mixed_policy)
+    before = _state(mixed_policy)
+
+    with reference_context(snapshot, mixed_policy):
+        assert not any(m.training for m in mixed_policy.modules())
+        assert not torch.is_grad_enabled()
+        reference = _logps(mixed_policy, batch).sums
+
+    with torch.no_grad():
+        expected = _logps(initial, batch).sums
+    assert torch.equal(reference, expected)
+    _assert_same_state(mixed_policy, before)
+    assert not snapshot.in_flight
+
+
+def test_bracket_restores_when_the_reference_forward_raises(mixed_policy, batch):
+    snapshot = HostSnapshotReference.capture(mixed_policy)
+    _perturb(mixed_policy)
+    before = _state(mixed_policy)
+
+    with pytest.raises(RuntimeError, match="injected"), reference_context(snapshot, mixed_policy):
+        _logps(mixed_policy, batch)
+        raise RuntimeError("injected failure in the reference forward")
+
+    _assert_same_state(mixed_policy, before)
+    assert not snapshot.in_flight
+
+
+def test_restore_is_the_second_guard_for_a_swap_left_in_flight(mixed_policy):
+    snapshot = HostSnapshotReference.capture(mixed_policy)
+    _perturb(mixed_policy)
+    before = _state(mixed_policy)
+    bracket = snapshot.reference(mixed_policy)
+    bracket.__enter__()  # a swap in flight, as when an exception escapes mid-bracket
+    assert snapshot.in_flight
+    name = next(iter(snapshot.snapshot))
+    assert torch.equal(dict(mixed_policy.named_parameters())[name], snapshot.snapshot[name])
+    snapshot.restore()
+    _assert_same_state(mixed_policy, before)
+    snapshot.restore()  # idempotent
+    _assert_same_state(mixed_policy, before)
+
+
+def test_nested_swap_is_refused(tiny_policy):
+    snapshot = HostSnapshotReference.capture(tiny_policy)
+    with snapshot.reference(tiny_policy), pytest.raises(RuntimeError, match="nested"):  # noqa: SIM117
+        with snapshot.reference(tiny_policy):
+            pass
+
+
+def test_snapshot_is_matched_by_name_and_refuses_a_different_model(tiny_policy, tokenizer):
+    snapshot = HostSnapshotReference.capture(tiny_policy)
+    reordered = dict(reversed(list(snapshot.snapshot.items())))
+    HostSnapshotReference(reordered).reference(tiny_policy).__enter__()
+    with pytest.raises(RuntimeError, match="lacks"):  # noqa: SIM117
+        with snapshot.reference(torch.nn.Linear(2, 2)):
+            pass
+
+
+def test_eval_mode_restores_each_modules_previous_flag(mixed_policy):
+    before = {name: m.training for name, m in mixed_policy.named_modules()}
+    with eval_mode(mixed_policy):
+        assert not any(m.training for m in mixed_policy.modules())
+    assert {name: m.training for name, m in mixed_policy.named_modules()} == before
+
+
+def test_dropout_is_off_in_the_reference_forward(tokenizer, batch):
+    from lightning_dpo.policy import build_tiny_llama
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(
+        tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+    )
+    model.train()
+    snapshot = HostSnapshotReference.capture(model)
+    runs = []
+    for _ in range(2):
+        with reference_context(snapshot, model):
+            runs.append(_logps(model, batch).sums)
+    assert torch.equal(runs[0], runs[1])
+    assert model.training
+
+
+def test_adapter_reference_is_the_base_model(lora_policy, batch):
+    base = copy.deepcopy(lora_policy.get_base_model())
+    # Give the adapters non-zero weights so that policy and base differ.
+    with torch.no_grad():
+        for name, param in lora_policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    lora_policy.train()
+    strategy = AdapterDisabledReference()
+    with reference_context(strategy, lora_policy):
+        reference = _logps(lora_policy, batch).sums
+    with torch.no_grad():
+        base_logps = _logps(base.eval(), batch).sums
+        policy_logps = _logps(lora_policy.eval(), batch).sums
+    assert torch.equal(reference, base_logps)
+    assert not torch.allclose(policy_logps, base_logps)
+    assert strategy.nbytes == 0
+
+
+def test_adapter_reference_refuses_a_plain_model(tiny_policy):
+    with pytest.raises(TypeError, match="not a peft model"):  # noqa: SIM117
+        with AdapterDisabledReference().reference(tiny_policy):
+            pass

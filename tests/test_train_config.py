@@ -1,0 +1,108 @@
+"""The Hydra entry point: every model x loss, sweeps, and bad configs named clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException, InstantiationException
+
+from lightning_dpo.data import DataValidationError
+from lightning_dpo.training import train
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+
+REPO = CONF_DIR.parent
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "rpo"])
+@pytest.mark.parametrize("model", ["full", "lora"])
+def test_fast_dev_run_every_model_and_loss(tmp_path, model, loss):
+    cfg = compose_train_config(
+        tmp_path, [f"model={model}", f"loss={loss}", "++trainer.fast_dev_run=true", *FAST_OVERRIDES]
+    )
+    metrics = train(cfg)
+    assert "train/loss" in metrics
+    assert "val/rewards/accuracies" in metrics
+
+
+def test_default_run_writes_log_and_checkpoint(tmp_path):
+    cfg = compose_train_config(tmp_path, FAST_OVERRIDES)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/rewards/accuracies"] <= 1.0
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train/loss", "train/rewards/chosen", "val/rewards/accuracies", "val/logps/chosen"):
+        assert name in header
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(("group", "choice"), [("loss", "dpoo"), ("model", "qlora")])
+def test_unknown_choice_lists_the_valid_options(tmp_path, group, choice):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train_config(tmp_path, [f"{group}={choice}"])
+    message = str(error.value)
+    assert f"Could not find '{group}/{choice}'" in message
+    expected = ["dpo", "ipo", "rpo"] if group == "loss" else ["full", "lora"]
+    for option in expected:
+        assert option in message
+
+
+@pytest.mark.parametrize("beta", ["0", "-0.5"])
+def test_non_positive_beta_is_refused(tmp_path, beta):
+    cfg = compose_train_config(tmp_path, [f"loss.beta={beta}", *FAST_OVERRIDES])
+    with pytest.raises(InstantiationException, match=r"loss\.beta must be a finite number > 0"):
+        train(cfg)
+
+
+def test_rpo_on_data_without_rewards_names_file_record_and_fields(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"{i}{i + 1}>", "chosen": "12", "rejected": "21"} for i in range(1, 9)]
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    cfg = compose_train_config(
+        tmp_path,
+        ["data=jsonl", f"data.train_file={data}", "loss=rpo", *FAST_OVERRIDES],
+    )
+    with pytest.raises(DataValidationError) as error:
+        train(cfg)
+    message = str(error.value)
+    assert str(data) in message
+    assert "'chosen_reward', 'rejected_reward'" in message
+    assert "rpo_bwd_kl" in message
+
+
+def test_multirun_sweep_runs_every_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "loss=dpo,ipo,rpo",
+        "model=full,lora",
+        f"hydra.sweep.dir={sweep_dir}",
+        *FAST_OVERRIDES,
+        "trainer.max_steps=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3", "4", "5"]
+    overrides = {(p / ".hydra" / "overrides.yaml").read_text() for p in jobs}
+    assert len(overrides) == 6
+    for job in jobs:
+        header = (job / "csv" / "metrics.csv").read_text().splitlines()[0]
+        assert "val/rewards/accuracies" in header
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```python\n") + len("```python\n")
+    example = readme[start : readme.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    trainer = namespace["trainer"]
+    assert trainer.global_step == trainer.max_steps
+    assert 0.0 <= float(trainer.callback_metrics["val/rewards/accuracies"]) <= 1.0
