@@ -33,7 +33,8 @@ def test_default_run_writes_log_and_checkpoint(tmp_path):
     metrics = train(cfg)
     assert 0.0 <= metrics["val/rewards/accuracies"] <= 1.0
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    for name in ("train/loss", "train/rewards/chosen", "val/rewards/accuracies", "val/logps/chosen"):
+    expected = ("train/loss", "train/rewards/chosen", "val/rewards/accuracies", "val/logps/chosen")
+    for name in expected:
         assert name in header
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
@@ -102,7 +103,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     example = readme[start : readme.index("```", start)]
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(example, "README.md", "exec"), namespace)
     trainer = namespace["trainer"]
     assert trainer.global_step == trainer.max_steps
     assert 0.0 <= float(trainer.callback_metrics["val/rewards/accuracies"]) <= 1.0
