@@ -1,8 +1,13 @@
 """Masked per-sequence log-probs from a causal language model.
 
 Chosen and rejected responses arrive as one batch of ``2B`` rows (see
-:func:`lightning_dpo.data.collate_pairs`), so the policy and the reference each run
-one forward per batch instead of two.
+:func:`lightning_dpo.data.collate_pairs`): rows ``0..B-1`` the chosen responses, rows
+``B..2B-1`` the rejected ones of the same pairs. The policy and the reference each run one
+forward per batch instead of two.
+
+Per-token weightings that must apply to the policy and the reference alike happen here, where
+the tokens are summed: LD-DPO's ``ld_alpha``. WPO's weights, which come from the policy alone,
+are computed here too because they need the full distribution at each token.
 """
 
 from __future__ import annotations
@@ -12,17 +17,25 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_dpo.losses import PairLogps
+
 
 class SequenceLogps(NamedTuple):
     """Per-sequence log-probs of the response tokens of a batch of ``N`` rows.
 
     Attributes:
-        sums: ``[N]`` sum of the log-probs of the tokens selected by the loss mask.
+        sums: ``[N]`` sum of the log-probs of the tokens selected by the loss mask, each token
+            weighted by LD-DPO when ``ld_alpha`` is set.
         token_counts: ``[N]`` how many tokens the loss mask selected in each row.
+        plain_sums: ``[N]`` the unweighted sums when ``ld_alpha`` is set, else ``None``.
+        wpo_log_weights: ``[N]`` WPO log-weight of each row (mean over its response tokens of
+            ``log p_t - log sum_v p_v^2``), detached, when asked for; else ``None``.
     """
 
     sums: Tensor
     token_counts: Tensor
+    plain_sums: Tensor | None = None
+    wpo_log_weights: Tensor | None = None
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
@@ -39,8 +52,67 @@ def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def ld_token_weights(mask: Tensor, ld_alpha: float) -> Tensor:
+    """LD-DPO's per-token weights: 1 up to the shorter response's length, ``ld_alpha`` after.
+
+    Liu et al. 2024, "Length Desensitization in Preference Optimization",
+    https://arxiv.org/abs/2409.06411: the likelihood of a response splits into its first
+    ``l_p = min(l_chosen, l_rejected)`` tokens (the length both responses share) and the
+    excess; the excess log-likelihood is scaled by ``ld_alpha``, in the policy and the
+    reference alike.
+
+    Args:
+        mask: ``[2B, T]`` bool, True on the scored response tokens; rows ``i`` and ``i + B``
+            are the chosen and rejected responses of pair ``i``.
+        ld_alpha: Weight of the excess tokens, in ``[0, 1]``.
+
+    Returns:
+        ``[2B, T]`` float32 weights, 0 outside the mask.
+
+    Raises:
+        ValueError: If the batch does not have an even number of rows.
+    """
+    rows = mask.shape[0]
+    if rows % 2:
+        raise ValueError(f"LD-DPO needs [chosen; rejected] rows in pairs, got {rows} rows")
+    counts = mask.sum(-1)
+    public = torch.minimum(counts[: rows // 2], counts[rows // 2 :]).repeat(2)
+    position = mask.long().cumsum(-1) - 1  # index of each token within its response
+    weights = torch.where(position < public.unsqueeze(-1), 1.0, ld_alpha)
+    return weights.float() * mask
+
+
+def wpo_log_weights(logits: Tensor, per_token: Tensor, mask: Tensor) -> Tensor:
+    """WPO's log-weight of each row, under ``no_grad``.
+
+    Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization",
+    https://arxiv.org/abs/2406.11827, eq. (2): the mean over the response tokens of
+    ``log p(y_t) - log sum_v p(v)^2``, the log-probability of the token relative to the
+    policy's expected probability of its own samples at that position.
+
+    Args:
+        logits: ``[N, T, V]`` logits that scored the tokens.
+        per_token: ``[N, T]`` log-probs of the scored tokens, 0 outside ``mask``.
+        mask: ``[N, T]`` bool, True on the scored tokens.
+
+    Returns:
+        ``[N]`` detached float32 log-weights (0 for a row without tokens).
+    """
+    with torch.no_grad():
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        adjustment = torch.logsumexp(2 * log_probs, dim=-1)
+        adjusted = torch.where(mask, per_token.detach() - adjustment, 0.0)
+        return adjusted.sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def sequence_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    ld_alpha: float | None = None,
+    wpo_weights: bool = False,
 ) -> SequenceLogps:
     """Sum the log-probs of the masked tokens of each row in one forward.
 
@@ -52,12 +124,50 @@ def sequence_logps(
         input_ids: ``[N, T]`` prompt + response token ids, right-padded.
         attention_mask: ``[N, T]`` 1 on real tokens, 0 on padding.
         loss_mask: ``[N, T]`` True on response tokens (including EOS).
+        ld_alpha: LD-DPO weight of the tokens past the shorter response of each pair
+            (rows in ``[chosen; rejected]`` layout); ``None`` sums them plainly.
+        wpo_weights: Also compute WPO's per-row log-weights.
 
     Returns:
-        The per-row sums and token counts.
+        The per-row sums and token counts (and the plain sums / WPO log-weights when asked).
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
     mask = loss_mask[:, 1:].bool()
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    return SequenceLogps(sums=per_token.sum(-1), token_counts=mask.sum(-1))
+    sums, plain = per_token.sum(-1), None
+    if ld_alpha is not None:
+        plain, sums = sums, (per_token * ld_token_weights(mask, ld_alpha)).sum(-1)
+    weights = wpo_log_weights(logits[:, :-1], per_token, mask) if wpo_weights else None
+    return SequenceLogps(sums, mask.sum(-1), plain, weights)
+
+
+def pair_logps(policy: SequenceLogps, reference: Tensor) -> PairLogps:
+    """Split ``[chosen; rejected]`` rows of the policy and the reference into pairs.
+
+    Args:
+        policy: The policy's log-probs of the ``2B`` rows.
+        reference: ``[2B]`` the reference's summed log-probs of the same rows.
+
+    Returns:
+        The ``B`` pairs, with token counts, LD-DPO's plain chosen sums for the SFT term and
+        WPO's log-weights where the policy carries them.
+    """
+    half = policy.sums.shape[0] // 2
+
+    def split(rows: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        return (None, None) if rows is None else (rows[:half], rows[half:])
+
+    plain_chosen, _ = split(policy.plain_sums)
+    weight_chosen, weight_rejected = split(policy.wpo_log_weights)
+    return PairLogps(
+        policy_chosen=policy.sums[:half],
+        policy_rejected=policy.sums[half:],
+        reference_chosen=reference[:half],
+        reference_rejected=reference[half:],
+        chosen_tokens=policy.token_counts[:half],
+        rejected_tokens=policy.token_counts[half:],
+        sft_chosen=plain_chosen,
+        chosen_weight_logps=weight_chosen,
+        rejected_weight_logps=weight_rejected,
+    )

@@ -6,12 +6,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
-from lightning_dpo.logprobs import SequenceLogps, sequence_logps
+from lightning_dpo.logprobs import SequenceLogps, pair_logps, sequence_logps
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -74,38 +75,79 @@ class PreferenceModule(pl.LightningModule):
         if datamodule is not None and hasattr(datamodule, "require_fields"):
             datamodule.require_fields(REWARD_FIELDS, reason=f"by loss {self.loss!r}")
 
-    def sequence_logps(self, batch: dict[str, Tensor]) -> SequenceLogps:
-        """Summed response log-probs of the ``2B`` rows of ``batch`` under the policy."""
+    def sequence_logps(
+        self, batch: dict[str, Tensor], *, wpo_weights: bool = False
+    ) -> SequenceLogps:
+        """Summed response log-probs of the ``2B`` rows of ``batch`` under the policy.
+
+        The reference callback calls this too, so the loss's per-token options that must
+        apply to both sides (LD-DPO's ``ld_alpha``) are applied here.
+
+        Args:
+            batch: The collated batch.
+            wpo_weights: Also compute WPO's per-row log-weights (the policy forward only).
+        """
         return sequence_logps(
-            self.policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+            self.policy,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["loss_mask"],
+            ld_alpha=getattr(self.loss, "ld_alpha", None),
+            wpo_weights=wpo_weights,
         )
 
+    def logps_settings(self) -> dict[str, float | None]:
+        """What, besides weights and data, changes the reference log-probs (cache key)."""
+        return {"ld_alpha": getattr(self.loss, "ld_alpha", None)}
+
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[LossOutput, PairLogps]:
-        """Policy forward and loss for a batch that carries reference log-probs."""
-        if REFERENCE_LOGPS_KEY not in batch:
+        """Policy forward and loss for a batch that carries reference log-probs.
+
+        A ``reference_free`` loss needs no reference log-probs; zeros stand in when the
+        batch has none.
+        """
+        reference_free = getattr(self.loss, "reference_free", False)
+        if REFERENCE_LOGPS_KEY not in batch and not reference_free:
             raise RuntimeError(
                 f"batch has no '{REFERENCE_LOGPS_KEY}': add lightning_dpo.ReferenceSwapCallback "
                 "to the Trainer's callbacks"
             )
-        policy = self.sequence_logps(batch)
-        reference = batch[REFERENCE_LOGPS_KEY]
-        half = policy.sums.shape[0] // 2
-        logps = PairLogps(
-            policy_chosen=policy.sums[:half],
-            policy_rejected=policy.sums[half:],
-            reference_chosen=reference[:half],
-            reference_rejected=reference[half:],
-            chosen_tokens=policy.token_counts[:half],
-            rejected_tokens=policy.token_counts[half:],
-        )
+        policy = self.sequence_logps(batch, wpo_weights=getattr(self.loss, "use_weighting", False))
+        reference = batch.get(REFERENCE_LOGPS_KEY)
+        if reference is None:
+            reference = torch.zeros_like(policy.sums)
+        logps = pair_logps(policy, reference)
         output = self.loss(logps, batch.get("chosen_reward"), batch.get("rejected_reward"))
         return output, logps
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step's loss, averaged over the pairs of the batch."""
+        """One optimisation step's loss, averaged over the pairs of the batch.
+
+        Raises:
+            FloatingPointError: The loss is NaN or infinite; the message names the step
+                and the last finite values, and training stops before the optimizer step.
+        """
         output, logps = self.compute_loss(batch)
+        loss = output.losses.mean()
+        self._check_finite(loss, output)
         self._log_metrics("train", output, logps)
-        return output.losses.mean()
+        return loss
+
+    def _check_finite(self, loss: Tensor, output: LossOutput) -> None:
+        margin = float((output.chosen_rewards - output.rejected_rewards).mean())
+        if bool(torch.isfinite(loss)):
+            self._last_finite = (self.global_step, float(loss.detach()), margin)
+            return
+        last = getattr(self, "_last_finite", None)
+        history = (
+            f"last finite loss {last[1]:.6g} at step {last[0]} (reward margin {last[2]:.6g})"
+            if last
+            else "no finite loss before it"
+        )
+        raise FloatingPointError(
+            f"training loss is {float(loss.detach())} at step {self.global_step}; {history}. "
+            "Stopping: lower the learning rate or beta, or check the data of this batch."
+        )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Accumulate the validation metrics over the whole validation set."""
@@ -123,6 +165,7 @@ class PreferenceModule(pl.LightningModule):
             "logps/rejected": logps.policy_rejected,
             "loss/preference": output.preference_losses,
             "loss/sft": output.sft_losses,
+            **{f"loss/{name}": value for name, value in (output.terms or {}).items()},
         }
         for name, value in values.items():
             if value is None:
@@ -130,9 +173,11 @@ class PreferenceModule(pl.LightningModule):
             value = value.detach().float()
             if stage == "train":
                 logged: Tensor | MeanMetric = value.mean()
-            else:
+            elif name.replace("/", "_") in self.val_metrics:
                 logged = self.val_metrics[name.replace("/", "_")]
                 logged.update(value)
+            else:  # a term of a mixed loss: Lightning's batch-size-weighted epoch mean
+                logged = value.mean()
             self.log(
                 f"{stage}/{name}",
                 logged,

@@ -86,11 +86,25 @@ def add_lora(
     return get_peft_model(model, config)
 
 
+def load_adapter(model: nn.Module, path: str) -> nn.Module:
+    """Wrap ``model`` with a trained peft adapter from a local directory, trainable.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a local directory.
+    """
+    from peft import PeftModel
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.adapter={path!r} is not a local adapter directory")
+    return PeftModel.from_pretrained(model, path, is_trainable=True, local_files_only=True)
+
+
 def build_policy(
     tokenizer: PreTrainedTokenizerBase,
     pretrained: str | None = None,
     tiny: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
+    adapter: str | None = None,
 ) -> nn.Module:
     """Build the policy to train.
 
@@ -99,12 +113,21 @@ def build_policy(
         pretrained: Local directory of a Hugging Face causal LM; ``None`` builds the tiny
             random Llama instead.
         tiny: ``LlamaConfig`` overrides for the tiny model.
-        lora: ``add_lora`` arguments; ``None`` trains all parameters.
+        lora: ``add_lora`` arguments for fresh adapters; ``None`` trains all parameters.
+        adapter: Local directory of a trained peft adapter to continue training (the
+            reference is then base + this adapter, frozen). Excludes ``lora``.
     """
+    if lora is not None and adapter is not None:
+        raise ValueError(
+            "model.lora (fresh adapters) and model.adapter (a trained one) exclude each "
+            "other: set one of them to null"
+        )
     if pretrained is not None:
         model = load_pretrained(pretrained)
     else:
         model = build_tiny_llama(tokenizer, **(tiny or {}))
     if lora is not None:
         model = add_lora(model, **lora)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
     return model

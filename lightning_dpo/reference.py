@@ -8,9 +8,10 @@ every reference forward needs around it: ``torch.no_grad()`` and dropout off.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -54,46 +55,92 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _host_buffer_like(tensor: Tensor, pin_memory: bool) -> Tensor:
-    return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin_memory)
+SwapMode = Literal["auto", "copy", "exchange"]
+SWAP_MODES = ("auto", "copy", "exchange")
+
+
+def _host_buffer_like(tensor: Tensor, pin_memory: bool, dtype: torch.dtype | None = None) -> Tensor:
+    dtype = dtype or tensor.dtype
+    return torch.empty(tensor.shape, dtype=dtype, device="cpu", pin_memory=pin_memory)
+
+
+def local_tensor(param: Tensor) -> Tensor:
+    """The rank-local shard of a sharded (DTensor) parameter, else the tensor itself."""
+    to_local = getattr(param, "to_local", None)
+    return to_local() if callable(to_local) else param
+
+
+def snapshot_fingerprint(snapshot: dict[str, Tensor]) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes of a snapshot (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(snapshot):
+        tensor = snapshot[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class HostSnapshotReference:
     """Full-parameter reference: a host-memory copy swapped into the live weights.
 
     The snapshot holds the trainable parameters (frozen ones are the reference already),
-    matched by name. Entering :meth:`reference` stashes each training weight into a
-    preallocated host buffer and copies the reference weight into the parameter in
-    place, one tensor at a time, so the device never holds two copies of the model.
-    Leaving it copies the stashed training weights back.
+    matched by name; for sharded (DTensor) parameters, only the rank-local shard.
+    Entering :meth:`reference` puts the reference weights into the live parameters and
+    leaving it puts the training weights back, one tensor at a time, so the device
+    never holds two copies of the model. Two ways to swap (``swap_mode``):
+
+    - ``"exchange"``: the parameter's ``.data`` and the snapshot tensor trade places
+      (no bytes move). Safe when both live on the host with the same dtype and the
+      parameter is not a shard: CPU training.
+    - ``"copy"``: the training weight is copied into a preallocated host stash and the
+      reference copied into the parameter in place; on exit the stash is copied back.
+      Used on accelerators (pinned buffers, ``non_blocking`` copies), for shards and
+      for a snapshot kept in another dtype.
+    - ``"auto"``: ``"exchange"`` where it is safe, ``"copy"`` elsewhere (per tensor).
 
     Args:
         snapshot: Reference weights by parameter name (host tensors).
         pin_memory: Pin the host buffers (for fast, asynchronous device copies on CUDA).
+        dtype: Keep the snapshot in this dtype (e.g. ``torch.bfloat16`` halves host
+            memory, at the cost of rounding the reference weights); ``None`` keeps
+            each parameter's own dtype.
+        swap_mode: How to swap, see above.
     """
 
-    def __init__(self, snapshot: dict[str, Tensor], pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        snapshot: dict[str, Tensor],
+        pin_memory: bool = False,
+        dtype: torch.dtype | None = None,
+        swap_mode: SwapMode = "auto",
+    ) -> None:
+        if swap_mode not in SWAP_MODES:
+            raise ValueError(f"swap_mode must be one of {SWAP_MODES}, got {swap_mode!r}")
         self.pin_memory = pin_memory
+        self.swap_mode = swap_mode
         self.snapshot = {
-            name: _host_buffer_like(tensor, pin_memory).copy_(tensor)
+            name: _host_buffer_like(tensor, pin_memory, dtype).copy_(tensor)
             for name, tensor in snapshot.items()
         }
         self._stash: dict[str, Tensor] = {}
-        self._swapped: list[tuple[nn.Parameter, Tensor]] = []
+        self._swapped: list[tuple[nn.Parameter, Tensor, bool]] = []
 
     @classmethod
-    def capture(cls, model: nn.Module) -> HostSnapshotReference:
-        """Snapshot the trainable parameters of ``model`` as it is now."""
+    def capture(
+        cls, model: nn.Module, dtype: torch.dtype | None = None, swap_mode: SwapMode = "auto"
+    ) -> HostSnapshotReference:
+        """Snapshot the trainable parameters (local shards) of ``model`` as it is now."""
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no parameter that requires grad: nothing to snapshot")
-        pin = any(param.is_cuda for param in params.values())
+        pin = any(param.is_cuda for param in params.values()) and torch.cuda.is_available()
         with torch.no_grad():
-            return cls({name: param.detach() for name, param in params.items()}, pin)
+            local = {name: local_tensor(param.detach()) for name, param in params.items()}
+            return cls(local, pin, dtype, swap_mode)
 
     @property
     def nbytes(self) -> int:
-        """Host bytes held by the snapshot (the stash buffers hold as many again)."""
+        """Host bytes held by the snapshot (a copy-mode stash holds as many again)."""
         return sum(t.numel() * t.element_size() for t in self.snapshot.values())
 
     @property
@@ -101,52 +148,104 @@ class HostSnapshotReference:
         """Whether reference weights are in the model right now."""
         return bool(self._swapped)
 
-    def _match(self, model: nn.Module) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
+    def check_compatible(self, model: nn.Module) -> None:
+        """Raise unless every snapshot tensor matches a parameter of ``model`` by name and shape.
+
+        Raises:
+            RuntimeError: Naming the first missing parameter or mismatched shape.
+        """
         params = dict(model.named_parameters())
         missing = sorted(set(self.snapshot) - set(params))
         if missing:
             raise RuntimeError(
                 f"reference snapshot names parameters the model lacks: {missing[:5]}"
             )
-        triples = []
         for name, ref in self.snapshot.items():
-            param = params[name]
-            if param.shape != ref.shape or param.dtype != ref.dtype:
+            shape = tuple(local_tensor(params[name]).shape)
+            if shape != tuple(ref.shape):
                 raise RuntimeError(
-                    f"reference snapshot '{name}' is {tuple(ref.shape)} {ref.dtype}, "
-                    f"the model's parameter is {tuple(param.shape)} {param.dtype}"
+                    f"reference snapshot '{name}' has shape {tuple(ref.shape)}, "
+                    f"the model's parameter (local shard) has shape {shape}"
                 )
-            if name not in self._stash:
-                self._stash[name] = _host_buffer_like(ref, self.pin_memory)
-            triples.append((param, ref, self._stash[name]))
-        return triples
+
+    def _can_exchange(self, param: Tensor, ref: Tensor) -> bool:
+        if self.swap_mode == "copy":
+            return False
+        safe = param.device.type == "cpu" and param.dtype == ref.dtype
+        safe = safe and local_tensor(param) is param
+        if self.swap_mode == "exchange" and not safe:
+            raise RuntimeError(
+                "swap_mode='exchange' needs host parameters of the snapshot's dtype that are "
+                f"not shards; got {param.device} {param.dtype} vs {ref.dtype}: use 'auto'"
+            )
+        return safe
+
+    def _stash_for(self, name: str, live: Tensor) -> Tensor:
+        if name not in self._stash:
+            self._stash[name] = _host_buffer_like(live, self.pin_memory)
+        return self._stash[name]
 
     @contextmanager
     def reference(self, model: nn.Module) -> Iterator[None]:
-        """Swap the reference weights into ``model`` in place; restore them on exit."""
+        """Put the reference weights into ``model``; restore the training ones on exit."""
         if self.in_flight:
             raise RuntimeError("a reference swap is already in flight: nested swaps are refused")
-        triples = self._match(model)
+        self.check_compatible(model)
+        params = dict(model.named_parameters())
         try:
             with torch.no_grad():
-                for param, ref, stash in triples:
-                    stash.copy_(param, non_blocking=self.pin_memory)
-                    self._swapped.append((param, stash))
-                    param.copy_(ref, non_blocking=self.pin_memory)
+                for name, ref in self.snapshot.items():
+                    self._swap_in(name, params[name], ref)
             yield
         finally:
             self.restore()
 
+    def _swap_in(self, name: str, param: nn.Parameter, ref: Tensor) -> None:
+        if self._can_exchange(param, ref):
+            self._swapped.append((param, param.data, True))
+            param.data = ref
+            return
+        live = local_tensor(param)
+        stash = self._stash_for(name, live)
+        stash.copy_(live, non_blocking=self.pin_memory)
+        self._swapped.append((param, stash, False))
+        live.copy_(ref, non_blocking=self.pin_memory)
+
     def restore(self) -> None:
-        """Copy the stashed training weights back; a no-op when nothing is swapped."""
+        """Put the training weights back; a no-op when nothing is swapped."""
         with torch.no_grad():
             while self._swapped:
-                param, stash = self._swapped.pop()
-                param.copy_(stash, non_blocking=self.pin_memory)
+                param, training, exchanged = self._swapped.pop()
+                if exchanged:
+                    param.data = training
+                else:
+                    local_tensor(param).copy_(training, non_blocking=self.pin_memory)
+            if self.pin_memory:
+                torch.cuda.current_stream().synchronize()
 
     def state_dict(self) -> dict[str, Tensor]:
         """The reference weights by parameter name (host tensors)."""
         return dict(self.snapshot)
+
+    def update(self, model: nn.Module, alpha: float = 1.0) -> None:
+        """Move the reference towards the live weights: ``ref <- (1-alpha) ref + alpha live``.
+
+        ``alpha=1`` is a hard copy. Used for TR-DPO's periodic reference updates; refused
+        while a swap is in flight (the live weights would be the reference itself).
+        """
+        if self.in_flight:
+            raise RuntimeError("cannot update the reference while it is swapped in")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"reference update alpha must be in (0, 1], got {alpha}")
+        self.check_compatible(model)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, ref in self.snapshot.items():
+                live = local_tensor(params[name].detach()).to("cpu", ref.dtype)
+                if alpha == 1.0:
+                    ref.copy_(live)
+                else:
+                    ref.lerp_(live, alpha)
 
 
 class AdapterDisabledReference:

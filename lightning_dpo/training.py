@@ -43,5 +43,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        finish_loggers(trainer)
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """Close a Weights & Biases run, so the next job of a multirun starts its own."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()

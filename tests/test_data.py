@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import lightning_dpo.data.datamodule as datamodule_module
+import lightning_dpo.data.token_cache as token_cache_module
 from lightning_dpo.data import (
     DataValidationError,
     PreferenceDataModule,
@@ -239,18 +239,26 @@ def test_loss_mask_covers_exactly_response_and_eos(char_tok: PreTrainedTokenizer
 
 
 def test_truncation_keeps_prompt_end_and_response_start(char_tok: PreTrainedTokenizerFast) -> None:
-    record = PreferenceRecord("abcdefghij>", "0123456789", "9876543210")
-    pair = tokenize_record(record, char_tok, max_length=10, max_prompt_length=4)
+    record = PreferenceRecord("abcdefghij>", "0123456789abcdef", "fedcba9876543210")
+    pair = tokenize_record(record, char_tok, max_length=16, max_prompt_length=4)
     assert char_tok.decode(pair.prompt_ids) == "<s>ij>"
-    assert char_tok.decode(pair.chosen_ids) == "012345"
-    assert char_tok.decode(pair.rejected_ids) == "987654"
+    assert char_tok.decode(pair.chosen_ids) == "0123456789ab"
+    assert char_tok.decode(pair.rejected_ids) == "fedcba987654"
     short = tokenize_record(PreferenceRecord("ab>", "0", "1"), char_tok, max_length=10)
     assert char_tok.decode(short.chosen_ids) == "0</s>"
 
 
 def test_default_max_prompt_length_is_half(char_tok: PreTrainedTokenizerFast) -> None:
-    pair = tokenize_record(PreferenceRecord("x" * 40, "a", "b"), char_tok, max_length=20)
+    pair = tokenize_record(PreferenceRecord("x" * 15, "a", "b"), char_tok, max_length=20)
     assert len(pair.prompt_ids) == 10
+
+
+def test_prompt_alone_longer_than_max_length_is_an_error(
+    char_tok: PreTrainedTokenizerFast,
+) -> None:
+    record = PreferenceRecord("x" * 40, "a", "b", source="d.jsonl", line=3)
+    with pytest.raises(DataValidationError, match=r"^d\.jsonl:3: field 'prompt': expected fewer"):
+        tokenize_record(record, char_tok, max_length=20)
 
 
 def test_prompt_filling_max_length_is_an_error(char_tok: PreTrainedTokenizerFast) -> None:
@@ -317,7 +325,7 @@ def test_collate_rewards_present_and_mixed() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), max_length=st.integers(3, 20), batch=st.integers(1, 6))
+@given(seed=st.integers(0, 10_000), max_length=st.integers(11, 24), batch=st.integers(1, 6))
 def test_collate_contract_property(seed: int, max_length: int, batch: int) -> None:
     tok = build_char_tokenizer()
     records = generate_sort_task(batch, seed)
@@ -348,13 +356,13 @@ def assert_contract(batch: dict[str, torch.Tensor], pairs: int, rewards: bool) -
 
 def test_datamodule_default_task(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter()
-    original = datamodule_module.tokenize_records
+    original = token_cache_module.encode_records
 
-    def counting(*args: object, **kwargs: object) -> list[TokenizedPair]:
+    def counting(*args: object, **kwargs: object) -> list[object]:
         calls["tokenize"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(datamodule_module, "tokenize_records", counting)
+    monkeypatch.setattr(token_cache_module, "encode_records", counting)
     dm = PreferenceDataModule(num_train=40, num_val=10, batch_size=8)
     assert len(dm.tokenizer) == len(build_char_tokenizer())
     dm.setup("fit")
@@ -369,6 +377,11 @@ def test_datamodule_default_task(monkeypatch: pytest.MonkeyPatch) -> None:
     val = list(dm.val_dataloader())
     assert [b["input_ids"].shape[0] for b in val] == [16, 4]
     assert dm.has_rewards
+    assert [b["pair_index"].tolist() for b in val] == [list(range(8)), [8, 9]]
+    assert batch["pair_index"].dtype == torch.long and batch["pair_index"].shape == (8,)
+    for row, index in enumerate(batch["pair_index"].tolist()):
+        pair = dm.train_pairs[index]
+        assert batch["input_ids"][row, : len(pair.prompt_ids)].tolist() == list(pair.prompt_ids)
     assert torch.equal(batch["chosen_reward"], torch.ones(8))
     assert (batch["rejected_reward"] < 1).all()
 

@@ -69,7 +69,7 @@ def run_objective(name: str, logps: PairLogps, beta: float, g: float = 0.0) -> L
         chosen = torch.full((batch,), g, dtype=torch.float32)
         rejected = torch.zeros(batch, dtype=torch.float32)
         return OBJECTIVES[name](logps, chosen, rejected, beta, 1.0)
-    return OBJECTIVES[name](logps, beta)
+    return OBJECTIVES[name](logps, beta=beta)
 
 
 def close(actual: torch.Tensor, expected: list[float], atol: float = 0.0) -> None:
@@ -273,12 +273,16 @@ def test_rpo_bwd_kl_large_gap_approaches_dpo(x: float) -> None:
     st.floats(-50, 50),
     st.floats(-50, 50),
     st.floats(0.01, 5.0),
-    st.sampled_from(sorted(OBJECTIVES)),
+    st.sampled_from(sorted(set(OBJECTIVES) - {"sft"})),
 )
 def test_losses_nonnegative_and_dpo_matches_softplus(
     d: float, g: float, beta: float, name: str
 ) -> None:
-    """All objectives are >= 0; DPO equals softplus(-beta d) computed in float64."""
+    """All preference objectives (default hyper-parameters) are >= 0; DPO is softplus(-beta d).
+
+    SFT is left out: the summed "log-probs" built here exceed 0 for large d, which a real
+    log-prob cannot.
+    """
     logps = logps_with_logit(beta * d, beta)
     out = run_objective(name, logps, beta, g)
     assert torch.isfinite(out.losses).all()
@@ -293,12 +297,17 @@ def test_losses_nonnegative_and_dpo_matches_softplus(
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - {"apo_down", "sft"}))
 def test_gradient_pushes_chosen_up_and_rejected_down(name: str) -> None:
     """Raising policy_chosen lowers the loss; raising policy_rejected raises it.
 
-    Holds below each objective's target margin: beta d = -1 (dpo always; ipo: d_norm = -2 <
-    1/(2 beta) = 1; rpo: beta d = -1 < g = 2).
+    Holds below each objective's target margin: beta = 1/2, beta d = -1, so rho_c = -1 and
+    rho_r = +1 (dpo, sigmoid_norm, robust, cdpo-style losses always; ipo: d_norm = -2 < 1/(2 beta)
+    = 1; hinge: beta d = -1 < 1; rpo: beta d = -1 < g = 2; sppo_hard: rho_c = -1 < 1/(2 beta) = 1
+    and rho_r = 1 > -1; nca_pair: sigmoid(beta rho_c) = sigmoid(-1/2) < 2/3; discopop, exo_pair,
+    aot, aot_unpaired, bco_pair, apo_zero: monotone in the margin or in each log-ratio).
+    apo_down (which lowers the chosen on purpose) and sft (no rejected term) are tested on
+    their own in test_losses_objectives.py.
     """
     logps = logps_with_logit(-1.0, beta=0.5, grad=True)
     out = run_objective(name, logps, beta=0.5, g=2.0)
@@ -346,9 +355,13 @@ def test_finite_at_extreme_margins(name: str, x: float) -> None:
     for g in (-30.0, 0.0, 30.0):
         logps = make_logps(pc=[x / 2], pr=[-x / 2], nc=[1], nr=[1], grad=True)
         out = run_objective(name, logps, beta=1.0, g=g)
-        grads = torch.autograd.grad(out.losses.sum(), [logps.policy_chosen, logps.policy_rejected])
+        grads = torch.autograd.grad(
+            out.losses.sum(),
+            [logps.policy_chosen, logps.policy_rejected],
+            allow_unused=True,  # sft has no rejected term
+        )
         assert torch.isfinite(out.losses).all()
-        assert all(torch.isfinite(grad).all() for grad in grads)
+        assert all(grad is None or torch.isfinite(grad).all() for grad in grads)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -388,7 +401,26 @@ def test_rpo_reward_shape_mismatch_raises() -> None:
 
 
 def test_registry_contents() -> None:
-    assert set(OBJECTIVES) == {"dpo", "ipo", "rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl"}
+    assert set(OBJECTIVES) == {
+        "dpo",
+        "hinge",
+        "ipo",
+        "robust",
+        "exo_pair",
+        "nca_pair",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sigmoid_norm",
+        "rpo_sq",
+        "rpo_fwd_kl",
+        "rpo_bwd_kl",
+        "sft",
+    }
     assert frozenset({"rpo_sq", "rpo_fwd_kl", "rpo_bwd_kl"}) == REWARD_OBJECTIVES
 
 
@@ -473,15 +505,16 @@ def test_non_reward_objective_ignores_rewards() -> None:
     torch.testing.assert_close(out.losses, dpo_loss(logps, 0.5).losses)
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - {"sft", "bco_pair"}))
 def test_without_sft_losses_equal_preference(name: str) -> None:
+    """PreferenceLoss(name) equals the bare function (bco_pair's running shift: own test)."""
     logps = make_logps(pc=[-1.0, -5.0], pr=[-2.0, -1.0], nc=[2, 5])
     rewards = {"chosen_reward": t(1.0, 0.0), "rejected_reward": t(0.0, 0.5)}
     out = PreferenceLoss(name, beta=0.2, gt_reward_scale=2.0)(logps, **rewards)
     expected = (
         OBJECTIVES[name](logps, *rewards.values(), 0.2, 2.0)
         if name in REWARD_OBJECTIVES
-        else OBJECTIVES[name](logps, 0.2)
+        else OBJECTIVES[name](logps, beta=0.2)
     )
     torch.testing.assert_close(out.losses, expected.losses)
     torch.testing.assert_close(out.preference_losses, expected.losses)

@@ -3,24 +3,33 @@
 from lightning_dpo.data.char_tokenizer import build_char_tokenizer
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.datamodule import PreferenceDataModule
+from lightning_dpo.data.formats import FormatOptions
 from lightning_dpo.data.jsonl import read_jsonl
+from lightning_dpo.data.loading import RewardDefaults, load_records
 from lightning_dpo.data.records import DataValidationError, PreferenceRecord
 from lightning_dpo.data.sort_task import generate_sort_splits, generate_sort_task
+from lightning_dpo.data.sources import read_rows
 from lightning_dpo.data.splits import split_by_prompt
 from lightning_dpo.data.tokenization import TokenizedPair, tokenize_record, tokenize_records
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
+from lightning_dpo.data.validation import SkipReport
 
 __all__ = [
     "DataValidationError",
+    "FormatOptions",
     "PreferenceDataModule",
     "PreferenceRecord",
+    "RewardDefaults",
+    "SkipReport",
     "TokenizedPair",
     "build_char_tokenizer",
     "collate_pairs",
     "generate_sort_splits",
     "generate_sort_task",
+    "load_records",
     "load_tokenizer",
     "read_jsonl",
+    "read_rows",
     "split_by_prompt",
     "tokenize_record",
     "tokenize_records",

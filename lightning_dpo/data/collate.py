@@ -30,6 +30,16 @@ def _rewards(pairs: Sequence[TokenizedPair]) -> dict[str, Tensor]:
     }
 
 
+def _pair_index(pairs: Sequence[TokenizedPair]) -> dict[str, Tensor]:
+    """``pair_index`` when every pair has its dataset index, nothing when none has."""
+    indices = [p.index for p in pairs]
+    if all(i is None for i in indices):
+        return {}
+    if any(i is None for i in indices):
+        raise ValueError("cannot collate pairs with a dataset index together with pairs without")
+    return {"pair_index": torch.tensor(indices, dtype=torch.long)}
+
+
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str, Tensor]:
     """Collates B pairs into a right-padded batch of 2B sequences.
 
@@ -42,6 +52,10 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str
     * ``loss_mask`` (bool ``[2B, T]``): True exactly on response tokens (EOS included),
       False on prompt and padding. Position 0 is always a prompt token.
     * ``chosen_reward``, ``rejected_reward`` (float ``[B]``): only when the pairs have rewards.
+    * ``pair_index`` (long ``[B]``): each pair's position in its split's tokenised dataset
+      (``TokenizedPair.index``); always present in batches of :class:`PreferenceDataModule`,
+      whose :meth:`~PreferenceDataModule.fingerprint` identifies that dataset, so that
+      ``(fingerprint, pair_index)`` keys a pair across runs (e.g. cached reference log-probs).
 
     Args:
         pairs: Tokenised pairs (at least one).
@@ -51,7 +65,8 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str
         The batch dictionary.
 
     Raises:
-        ValueError: If ``pairs`` is empty or mixes pairs with and without rewards.
+        ValueError: If ``pairs`` is empty or mixes pairs with and without rewards (or
+            with and without an index).
     """
     if not pairs:
         raise ValueError("cannot collate an empty list of pairs")
@@ -70,4 +85,5 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> dict[str
         "attention_mask": attention_mask,
         "loss_mask": loss_mask,
         **_rewards(pairs),
+        **_pair_index(pairs),
     }

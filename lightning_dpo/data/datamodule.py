@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from functools import partial
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.jsonl import read_jsonl
+from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
+from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
+from lightning_dpo.data.loading import RewardDefaults, load_records
 from lightning_dpo.data.records import DataValidationError, PreferenceRecord, format_location
+from lightning_dpo.data.sampler import EpochShuffleSampler
 from lightning_dpo.data.sort_task import generate_sort_splits
 from lightning_dpo.data.splits import split_by_prompt
-from lightning_dpo.data.tokenization import TokenizedPair, tokenize_records
+from lightning_dpo.data.token_cache import cached_encodings
+from lightning_dpo.data.tokenization import (
+    TokenizedPair,
+    build_pairs,
+    resolve_max_prompt_length,
+)
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
+from lightning_dpo.data.validation import SkipReport, announce, apply_policy, check_on_invalid
 
 _PAIR_FIELDS = frozenset(f.name for f in dataclass_fields(TokenizedPair))
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs from JSON-lines files or the embedded digit-sorting task.
+    """Preference pairs from local files, saved or cached datasets, or the embedded task.
 
     Data sources:
 
@@ -31,18 +41,24 @@ class PreferenceDataModule(L.LightningDataModule):
       held-out validation prompts and verifiable rewards (chosen 1.0, rejected the
       fraction of positions it gets right), so every loss, RPO included, runs on it
       (see :func:`generate_sort_splits`);
-    * ``train_file`` only: the file, with ``val_fraction`` of its distinct prompts held out
-      for validation (:func:`split_by_prompt`, seeded with ``seed``);
-    * ``train_file`` and ``val_file``: both files.
+    * ``train_file`` only: any source :func:`~lightning_dpo.data.sources.read_rows` reads
+      (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, a folder of them, a
+      ``save_to_disk`` folder, a Hub dataset already in the local cache), with
+      ``val_fraction`` of its distinct prompts held out (:func:`split_by_prompt`, seeded);
+    * ``train_file`` and ``val_file``: both sources.
 
-    Records are validated and tokenised once, in :meth:`setup`; batches follow the contract
-    of :func:`collate_pairs`. ``tokenizer`` is ready right after construction.
+    Records in the explicit (``prompt``/``chosen``/``rejected`` strings), implicit (whole
+    ``chosen``/``rejected`` conversations) or conversational (message lists, rendered by
+    the tokenizer's chat template) format are validated, then tokenised once in
+    :meth:`setup` (reused across runs through ``cache_dir``); batches follow the contract
+    of :func:`collate_pairs`, ``pair_index`` included. ``tokenizer`` is ready right after
+    construction.
 
     Args:
         tokenizer: ``None`` for the built-in character tokenizer, a local directory, or a
             tokenizer object (see :func:`load_tokenizer`).
-        train_file: JSON-lines training data, or ``None`` for the embedded task.
-        val_file: JSON-lines validation data (requires ``train_file``).
+        train_file: Training data source, or ``None`` for the embedded task.
+        val_file: Validation data source (requires ``train_file``).
         val_fraction: Fraction of prompts held out when only ``train_file`` is given.
         num_train: Training pairs of the embedded task.
         num_val: Validation pairs of the embedded task.
@@ -51,6 +67,20 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: Maximum tokens of prompt + response.
         max_prompt_length: Maximum prompt tokens; defaults to ``max_length // 2``.
         num_workers: DataLoader worker processes.
+        path: Alias of ``train_file`` (``data.path=...``).
+        require_file: Refuse to fall back to the embedded task when no file is given.
+        train_split: Split of a ``DatasetDict``/Hub source used for training.
+        val_split: Split of a ``DatasetDict``/Hub ``val_file``.
+        format: ``"auto"`` (detected from the first record), ``"explicit"``,
+            ``"implicit"`` or ``"conversational"``.
+        columns: Our field -> the data's column, e.g. ``{"prompt": "question",
+            "chosen": "response_j", "rejected": "response_k"}``.
+        turn_markers: Turn boundaries that end an implicit prompt.
+        default_chosen_reward: Reward of a chosen response without one (``None``: unset).
+        default_rejected_reward: Reward of a rejected response without one.
+        on_invalid: ``"error"`` (refuse the data, naming every bad record) or ``"skip"``
+            (drop bad records; a count per reason is printed and logged, see ``skipped``).
+        cache_dir: Folder where token ids are cached across runs, or ``None``.
     """
 
     def __init__(
@@ -66,29 +96,82 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: int = 64,
         max_prompt_length: int | None = None,
         num_workers: int = 0,
+        path: str | None = None,
+        require_file: bool = False,
+        train_split: str = "train",
+        val_split: str = "test",
+        format: str = "auto",
+        columns: Mapping[str, str] | None = None,
+        turn_markers: Sequence[str] | None = None,
+        default_chosen_reward: float | None = None,
+        default_rejected_reward: float | None = None,
+        on_invalid: str = "error",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        train_file = _resolve_train_file(train_file, path, require_file)
         if val_file is not None and train_file is None:
             raise ValueError("val_file requires train_file")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_on_invalid(on_invalid)
+        resolve_max_prompt_length(max_length, max_prompt_length)
+        self.format_options = FormatOptions(
+            format, dict(columns or {}), tuple(turn_markers or DEFAULT_TURN_MARKERS)
+        )
         self.save_hyperparameters(ignore=["tokenizer"])
+        self.hparams.train_file = train_file
         self.tokenizer = load_tokenizer(tokenizer)
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None
+        #: Per-source skip reports of the last :meth:`setup` (counts are zero in error mode).
+        self.skipped: list[SkipReport] = []
+        self._reports: dict[str, SkipReport] = {}
+        self._fingerprints: dict[str, str] = {}
+
+    def _read(self, location: str, split: str) -> tuple[list[PreferenceRecord], SkipReport]:
+        """Reads and validates one source."""
+        hp = self.hparams
+        return load_records(
+            location,
+            self.tokenizer,
+            self.format_options,
+            RewardDefaults(hp.default_chosen_reward, hp.default_rejected_reward),
+            hp.on_invalid,
+            split,
+        )
 
     def _load_records(self) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
         """Reads (or generates) and validates the train and validation records."""
         hp = self.hparams
         if hp.train_file is None:
-            return generate_sort_splits(hp.num_train, hp.num_val, hp.seed, with_rewards=True)
-        train = read_jsonl(hp.train_file)
+            train, val = generate_sort_splits(hp.num_train, hp.num_val, hp.seed, with_rewards=True)
+            self._reports = {"train": SkipReport(train[0].source), "val": SkipReport(val[0].source)}
+            return train, val
+        train, report = self._read(hp.train_file, hp.train_split)
+        self._reports = {"train": report, "val": report}
         if hp.val_file is None:
             return split_by_prompt(train, hp.val_fraction, hp.seed)
-        return train, read_jsonl(hp.val_file)
+        val, self._reports["val"] = self._read(hp.val_file, hp.val_split)
+        return train, val
+
+    def _tokenize(self, records: list[PreferenceRecord], split: str) -> list[TokenizedPair]:
+        """Encodes (once, cached) and truncates records; refuses or skips those that do not fit."""
+        hp = self.hparams
+        encodings, _ = cached_encodings(records, self.tokenizer, hp.cache_dir)
+        pairs, problems = build_pairs(
+            records, encodings, self.tokenizer, hp.max_length, hp.max_prompt_length
+        )
+        report = self._reports[split]
+        apply_policy(problems, hp.on_invalid, report)
+        if not pairs:
+            raise DataValidationError(f"{report.source}: expected at least one valid {split} pair")
+        return [replace(pair, index=i) for i, pair in enumerate(pairs)]
 
     def setup(self, stage: str | None = None) -> None:
         """Loads, validates and tokenises all data; later calls do nothing.
+
+        Skipped records (``on_invalid="skip"``) are counted per reason, printed and logged.
 
         Args:
             stage: Lightning stage (unused: both splits are prepared).
@@ -96,15 +179,41 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_pairs is not None:
             return
         train, val = self._load_records()
-        hp = self.hparams
-        tokenize = partial(
-            tokenize_records,
-            tokenizer=self.tokenizer,
-            max_length=hp.max_length,
-            max_prompt_length=hp.max_prompt_length,
-        )
-        train_pairs, val_pairs = tokenize(train), tokenize(val)
+        train_pairs, val_pairs = self._tokenize(train, "train"), self._tokenize(val, "val")
+        self.skipped = list({id(r): r for r in self._reports.values()}.values())
+        announce(self.skipped)
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
+
+    def fingerprint(self, split: str) -> str:
+        """Stable sha256 hex digest of a split's tokenised content and tokenisation settings.
+
+        Covers every pair's token ids, its prompt/response boundary and rewards, in
+        ``pair_index`` order, plus ``max_length``, ``max_prompt_length`` and the tokenizer's
+        fingerprint; not the file paths. Equal across processes and runs for the same data
+        and settings, different when any of them changes. Runs :meth:`setup` if needed.
+
+        Args:
+            split: ``"train"`` or ``"val"``.
+
+        Returns:
+            A 64-character hex digest.
+
+        Raises:
+            ValueError: For another split name.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be one of ('train', 'val'), got {split!r}")
+        if split not in self._fingerprints:
+            train, val = self._pairs()
+            hp = self.hparams
+            settings = {
+                "max_length": hp.max_length,
+                "max_prompt_length": resolve_max_prompt_length(hp.max_length, hp.max_prompt_length),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            }
+            pairs = train if split == "train" else val
+            self._fingerprints[split] = pairs_fingerprint(pairs, settings)
+        return self._fingerprints[split]
 
     def _pairs(self) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
         """The tokenised splits, running :meth:`setup` first if needed."""
@@ -118,8 +227,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(
             pairs,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+            sampler=EpochShuffleSampler(len(pairs), self.hparams.seed) if shuffle else None,
             collate_fn=partial(collate_pairs, pad_token_id=self.tokenizer.pad_token_id),
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -128,6 +236,16 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training batches."""
         return self._loader(self._pairs()[0], shuffle=True)
+
+    def ordered_dataloader(self, split: str) -> DataLoader:
+        """Batches of ``split`` (``"train"`` or ``"val"``) in dataset order, unshuffled.
+
+        Used to precompute per-pair values keyed by ``pair_index`` (the reference cache).
+        """
+        splits = dict(zip(("train", "val"), self._pairs(), strict=True))
+        if split not in splits:
+            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+        return self._loader(splits[split], shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in order."""
@@ -173,3 +291,13 @@ def _missing_message(
     where = format_location(pair.source, pair.line, index)
     suffix = f" ({reason})" if reason else ""
     return f"{where}: missing {noun} {names} required by the loss{suffix}"
+
+
+def _resolve_train_file(train_file: str | None, path: str | None, require_file: bool) -> str | None:
+    """``train_file`` or its alias ``path``; refuses both differing, or neither when required."""
+    if path is not None and train_file is not None and os.fspath(path) != os.fspath(train_file):
+        raise ValueError(f"path and train_file are aliases; got both: {path!r} and {train_file!r}")
+    train_file = train_file if train_file is not None else path
+    if train_file is None and require_file:
+        raise ValueError("no data given: set data.path=<file or folder> (alias data.train_file)")
+    return train_file

@@ -26,7 +26,9 @@ class PreferenceRecord:
         chosen_reward: Optional scalar reward of ``chosen`` (needed by some losses).
         rejected_reward: Optional scalar reward of ``rejected``.
         source: Where the record came from (a file path or a generator name).
-        line: 1-based line in ``source``, or ``None`` for generated records.
+        line: 1-based line in ``source``, or ``None`` when the source has no lines.
+        index: 0-based row of the record in ``source`` (Parquet, JSON arrays, datasets),
+            used in messages when ``line`` is ``None``.
     """
 
     prompt: str
@@ -36,6 +38,7 @@ class PreferenceRecord:
     rejected_reward: float | None = None
     source: str = GENERATED_SOURCE
     line: int | None = None
+    index: int | None = None
 
     @property
     def has_rewards(self) -> bool:

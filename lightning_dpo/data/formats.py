@@ -1,0 +1,155 @@
+"""Record formats: explicit prompt, implicit (shared-prefix) prompt, conversational.
+
+Each format turns one raw row into ``(prompt, chosen, rejected)`` strings or raises a
+:class:`RecordProblem` naming the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_dpo.data.validation import RecordProblem, show
+
+FORMATS = ("auto", "explicit", "implicit", "conversational")
+FIELDS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
+#: Turn boundaries the implicit prompt is cut after (the last one in the shared prefix).
+DEFAULT_TURN_MARKERS = (
+    "\n\nAssistant:",
+    "\n\nassistant:",
+    "<|assistant|>\n",
+    "<|im_start|>assistant\n",
+    "### Response:",
+)
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """How raw rows are read as preference pairs.
+
+    Attributes:
+        format: One of :data:`FORMATS`; ``"auto"`` detects it from the first row.
+        columns: Our field name -> the data's column name, e.g.
+            ``{"prompt": "question", "chosen": "response_j", "rejected": "response_k"}``.
+        turn_markers: Turn boundaries for the implicit prompt.
+    """
+
+    format: str = "auto"
+    columns: Mapping[str, str] = field(default_factory=dict)
+    turn_markers: tuple[str, ...] = DEFAULT_TURN_MARKERS
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        unknown = sorted(set(self.columns) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"columns: unknown fields {unknown}; valid fields: {FIELDS}")
+        if not self.turn_markers or not all(isinstance(m, str) and m for m in self.turn_markers):
+            raise ValueError(f"turn_markers must be non-empty strings, got {self.turn_markers}")
+
+    def column(self, name: str) -> str:
+        """The data's column name for our field ``name``."""
+        return self.columns.get(name, name)
+
+
+def detect_format(row: Mapping[str, Any], options: FormatOptions) -> str:
+    """Detects the format from a row's columns and value types.
+
+    Args:
+        row: A decoded row.
+        options: Column mapping and the configured format.
+
+    Returns:
+        ``options.format`` unless it is ``"auto"``; then ``"conversational"`` when a text
+        column holds a list, ``"explicit"`` when the prompt column exists, else ``"implicit"``.
+    """
+    if options.format != "auto":
+        return options.format
+    texts = [row.get(options.column(f)) for f in FIELDS[:3]]
+    if any(isinstance(value, list) for value in texts):
+        return "conversational"
+    return "explicit" if options.column("prompt") in row else "implicit"
+
+
+def _text(row: Mapping[str, Any], column: str, allow_empty: bool = False) -> str:
+    """The string in ``column``, or a problem naming it."""
+    expected = "a string" if allow_empty else "a non-empty string"
+    if column not in row or row[column] is None:
+        got = "nothing (field is missing)" if column not in row else "None"
+        raise RecordProblem("missing_field", f"field '{column}': expected {expected}, got {got}")
+    value = row[column]
+    if not isinstance(value, str):
+        raise RecordProblem(
+            "wrong_type", f"field '{column}': expected {expected}, got {show(value)}"
+        )
+    if not allow_empty and not value.strip():
+        raise RecordProblem(
+            "empty_response", f"field '{column}': expected {expected}, got {show(value)}"
+        )
+    return value
+
+
+def check_different(chosen: Any, rejected: Any, options: FormatOptions) -> None:
+    """Refuses a pair whose responses are identical."""
+    if chosen == rejected:
+        raise RecordProblem(
+            "identical_responses",
+            f"field '{options.column('rejected')}': expected a response different from "
+            f"'{options.column('chosen')}', got the same",
+        )
+
+
+def explicit_texts(row: Mapping[str, Any], options: FormatOptions) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` of a row with three string columns."""
+    prompt = _text(row, options.column("prompt"), allow_empty=True)
+    chosen = _text(row, options.column("chosen"))
+    rejected = _text(row, options.column("rejected"))
+    check_different(chosen, rejected, options)
+    return prompt, chosen, rejected
+
+
+def split_shared_prompt(chosen: str, rejected: str, markers: Sequence[str]) -> int | None:
+    r"""Position just after the last turn marker inside the common prefix, or ``None``.
+
+    Args:
+        chosen: Whole preferred conversation.
+        rejected: Whole dispreferred conversation.
+        markers: Turn boundaries, e.g. ``"\n\nAssistant:"``.
+
+    Returns:
+        The prompt length: the prompt is ``chosen[:cut]`` (equal to ``rejected[:cut]``).
+    """
+    common = 0
+    for a, b in zip(chosen, rejected, strict=False):
+        if a != b:
+            break
+        common += 1
+    prefix = chosen[:common]
+    ends = [prefix.rfind(m) + len(m) for m in markers if prefix.rfind(m) >= 0]
+    return max(ends) if ends else None
+
+
+def implicit_texts(row: Mapping[str, Any], options: FormatOptions) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` of two whole conversations sharing a prompt prefix."""
+    chosen = _text(row, options.column("chosen"))
+    rejected = _text(row, options.column("rejected"))
+    check_different(chosen, rejected, options)
+    cut = split_shared_prompt(chosen, rejected, options.turn_markers)
+    names = f"fields '{options.column('chosen')}', '{options.column('rejected')}'"
+    if cut is None:
+        raise RecordProblem(
+            "no_shared_prompt",
+            f"{names}: expected conversations sharing a prompt that ends with a turn marker "
+            f"(one of {list(options.turn_markers)}), got no shared turn boundary",
+        )
+    for column, text in (
+        (options.column("chosen"), chosen),
+        (options.column("rejected"), rejected),
+    ):
+        if not text[cut:].strip():
+            raise RecordProblem(
+                "empty_response",
+                f"field '{column}': expected a response after the shared prompt, got nothing",
+            )
+    return chosen[:cut], chosen[cut:], rejected[cut:]

@@ -1,0 +1,123 @@
+"""Record problems, the error-or-skip policy and the per-reason skip report."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_dpo.data.records import DataValidationError
+
+log = logging.getLogger(__name__)
+
+ON_INVALID_CHOICES = ("error", "skip")
+#: Reasons a record is refused, as counted in skip mode.
+REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "empty_response",
+    "identical_responses",
+    "no_shared_prompt",
+    "bad_messages",
+    "bad_reward",
+    "inconsistent_rewards",
+    "prompt_too_long",
+    "empty_prompt",
+)
+_MAX_REPORTED_ERRORS = 20
+
+
+class RecordProblem(Exception):
+    """One thing wrong with one record: a reason from :data:`REASONS` and a message.
+
+    The message names the field and what was expected, e.g.
+    ``field 'chosen': expected a non-empty string, got 42``; the location is added by
+    whoever knows it (see :func:`located`).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}; known reasons: {REASONS}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def show(value: Any) -> str:
+    """Short repr of an offending value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_on_invalid(on_invalid: str) -> None:
+    """Raises ``ValueError`` naming the valid choices when ``on_invalid`` is not one."""
+    if on_invalid not in ON_INVALID_CHOICES:
+        raise ValueError(f"on_invalid must be one of {ON_INVALID_CHOICES}, got {on_invalid!r}")
+
+
+@dataclass
+class SkipReport:
+    """What validation refused for one source, by reason.
+
+    Attributes:
+        source: The file, folder or dataset the records came from.
+        total: Records read (valid or not).
+        skipped: Refused records per reason.
+    """
+
+    source: str
+    total: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def kept(self) -> int:
+        """Records that passed validation."""
+        return self.total - sum(self.skipped.values())
+
+    def summary(self) -> str:
+        """One line: records kept and skipped per reason."""
+        head = f"{self.source}: kept {self.kept} of {self.total} records"
+        if not self.skipped:
+            return head
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+        return f"{head}; skipped {sum(self.skipped.values())} ({reasons})"
+
+
+def apply_policy(
+    problems: Sequence[tuple[str, RecordProblem]], on_invalid: str, report: SkipReport | None
+) -> None:
+    """Raises for the problems (``"error"``) or counts them in ``report`` (``"skip"``).
+
+    Args:
+        problems: ``(location, problem)`` pairs, in data order.
+        on_invalid: ``"error"`` or ``"skip"``.
+        report: Where skipped records are counted (needed in skip mode only).
+
+    Raises:
+        DataValidationError: In error mode, listing up to 20 problems as
+            ``location: field 'name': expected ..., got ...``.
+    """
+    if not problems:
+        return
+    if on_invalid == "error":
+        lines = [f"{where}: {problem.message}" for where, problem in problems]
+        shown = lines[:_MAX_REPORTED_ERRORS]
+        if len(lines) > len(shown):
+            shown.append(f"... and {len(lines) - len(shown)} more errors")
+        raise DataValidationError("\n".join(shown))
+    if report is None:
+        raise ValueError("skip mode needs a SkipReport to count the skipped records in")
+    report.skipped.update(problem.reason for _, problem in problems)
+
+
+def announce(reports: Sequence[SkipReport]) -> None:
+    """Prints and logs the summary of every report that skipped something."""
+    for report in reports:
+        if report.skipped:
+            message = f"skipped invalid records: {report.summary()}"
+            print(message)
+            log.warning(message)

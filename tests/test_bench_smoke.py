@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmarks: each runs end to end at its smallest size and prints its table.
+
+No timing is asserted: the figures depend on the machine. What is checked is that every
+configuration produced a row with finite, positive figures (or says plainly why not).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a bench script by name, with ``bench/`` on ``sys.path`` as when run directly."""
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    return load
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of the Markdown table rows of ``output`` (header and rule excluded)."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    assert len(lines) > 2, f"no table in the output:\n{output}"
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def positive(cell: str) -> float:
+    value = float(cell)
+    assert math.isfinite(value) and value > 0, cell
+    return value
+
+
+def test_swap_quick_checks_every_method_and_prints_ratios(bench, capsys):
+    bench("bench_swap").main(["--quick"])
+    rows = table_rows(capsys.readouterr().out)
+    methods = [row[1] for row in rows]
+    assert methods[0] == "one memcpy (the unit)" and rows[0][3] == "1.00"
+    for expected in ("naive", "copy", "exchange", "callback bracket"):
+        assert any(expected in method for method in methods), methods
+    for row in rows:
+        positive(row[2])
+        positive(row[3])
+
+
+def test_swap_naive_baseline_really_swaps(bench):
+    """The baseline inside the benchmark swaps and restores, as the check before timing says."""
+    swap = bench("bench_swap")
+    models = bench("_models")
+    model = models.build_llama("tiny")
+    found = swap.brackets(model, swap.torch.device("cpu"))
+    swap.check_swaps(model, found)  # raises if a method did not swap or restore
+    broken = {"no-op": lambda: swap.naive_bracket(model, dict(model.state_dict()))}
+    with pytest.raises(AssertionError, match="no-op"):
+        swap.check_swaps(model, broken)
+
+
+def test_throughput_quick_has_every_configuration(bench, capsys):
+    bench("bench_throughput").main(["--quick"])
+    rows = table_rows(capsys.readouterr().out)
+    training = bench("_training")
+    assert [row[1] for row in rows] == list(training.CONFIGURATIONS)
+    for row in rows:
+        if row[2] == training.NOT_AVAILABLE:
+            assert row[1] == training.CACHE
+            continue
+        positive(row[2])
+        positive(row[3])
+    ceiling = next(row for row in rows if row[1] == training.REFERENCE_FREE)
+    assert ceiling[3] == "1.00"
+
+
+def test_memory_quick_runs_each_configuration_in_its_own_process():
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench_memory.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    names = [row[0] for row in rows]
+    assert names[0] == "weights only (no fit)" and "swap (exchange)" in names
+    for row in rows:
+        if row[1].startswith("not measured"):
+            continue
+        peak, above = positive(row[1]), positive(row[2])
+        assert above < peak
+    swap = next(row for row in rows if row[0] == "swap (exchange)")
+    assert swap[3] == "1.00" and swap[4] == "1.00"
+    assert re.search(r"Machine: torch \S+, \d+ intra-op threads", result.stdout)

@@ -1,0 +1,76 @@
+"""`python train.py data=jsonl data.path=<file>` on a file of each format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_dpo.data import build_char_tokenizer
+from lightning_dpo.training import train
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+from tests.test_data_formats import CHAT_TEMPLATE
+
+
+def rows(fmt: str) -> list[dict[str, object]]:
+    out = []
+    for i in range(1, 13):
+        digits = f"{i}{i + 1}{i % 3}"
+        answer, wrong = "".join(sorted(digits)), "".join(sorted(digits, reverse=True))
+        if fmt == "explicit":
+            out.append({"prompt": digits + ">", "chosen": answer, "rejected": wrong})
+        elif fmt == "implicit":
+            turn = f"\n\nHuman: {digits}\n\nAssistant:"
+            out.append({"chosen": f"{turn} {answer}", "rejected": f"{turn} {wrong}"})
+        else:
+            user = {"role": "user", "content": digits}
+            out.append(
+                {
+                    "prompt": [user],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": wrong}],
+                }
+            )
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["explicit", "implicit", "conversational"])
+def test_train_on_each_format(tmp_path: Path, fmt: str) -> None:
+    data = tmp_path / f"{fmt}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(fmt)))
+    overrides = ["data=jsonl", f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}"]
+    if fmt == "conversational":
+        tok = build_char_tokenizer()
+        tok.chat_template = CHAT_TEMPLATE
+        tok.save_pretrained(tmp_path / "tok")
+        overrides.append(f"data.tokenizer={tmp_path / 'tok'}")
+    cfg = compose_train_config(tmp_path, [*overrides, "data.batch_size=4", *FAST_OVERRIDES[3:]])
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
+
+
+def test_train_py_command_line_with_data_path(tmp_path: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows("implicit")))
+    command = [
+        sys.executable,
+        "train.py",
+        "data=jsonl",
+        f"data.path={data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "data.batch_size=4",
+        *FAST_OVERRIDES[3:],
+    ]
+    done = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_data_jsonl_without_a_path_names_the_setting(tmp_path: Path) -> None:
+    cfg = compose_train_config(tmp_path, ["data=jsonl", *FAST_OVERRIDES])
+    with pytest.raises(Exception, match=r"data\.path"):
+        train(cfg)

@@ -1,0 +1,65 @@
+"""Two CPU processes (gloo): DDP and FSDP2 give every rank the single-process reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_dpo.data import build_char_tokenizer
+from lightning_dpo.logprobs import sequence_logps
+from lightning_dpo.policy import build_policy
+from tests.distributed.run_reference import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "distributed" / "run_reference.py"
+
+
+def _run(strategy: str, out_dir: Path) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), strategy, str(out_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def _initial_reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = build_policy(build_char_tokenizer(), tiny=TINY).eval()
+    with torch.no_grad():
+        return sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        ).sums
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
+    ranks = _run(strategy, tmp_path)
+    for rank in ranks:
+        assert len(rank["batches"]) == 4
+        for batch in rank["batches"]:
+            expected = _initial_reference(batch)
+            assert torch.equal(batch[rank["key"]], expected)
+    # The two ranks trained on different batches but hold the same reference.
+    assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
+    full_bytes = sum(4 * torch.Size(s).numel() for s in ranks[0]["snapshot_shapes"].values())
+    if strategy == "ddp":
+        assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+        assert ranks[0]["snapshot_bytes"] == full_bytes
+    else:  # each rank holds only its shards: half of the weights
+        total = ranks[0]["snapshot_bytes"] + ranks[1]["snapshot_bytes"]
+        unsharded = sum(
+            p.numel() * 4 for p in build_policy(build_char_tokenizer(), tiny=TINY).parameters()
+        )
+        assert total == unsharded
+        assert max(r["snapshot_bytes"] for r in ranks) <= 0.6 * unsharded

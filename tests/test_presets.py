@@ -1,0 +1,69 @@
+"""experiment= presets run; cluster presets (ddp, fsdp, SLURM launcher) compose."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import OmegaConf
+
+from lightning_dpo.training import train
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+
+EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_the_presets_are_found():
+    assert {"smoke", "lora_ipo", "dpo_sft_warmup", "rpo_sq"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs(tmp_path, experiment):
+    cfg = compose_train_config(
+        tmp_path, [f"experiment={experiment}", "++trainer.fast_dev_run=true", *FAST_OVERRIDES]
+    )
+    metrics = train(cfg)
+    assert "val/rewards/accuracies" in metrics
+
+
+def test_lora_ipo_preset_sets_model_and_loss(tmp_path):
+    cfg = compose_train_config(tmp_path, ["experiment=lora_ipo"])
+    assert cfg.model.lora.r == 16
+    assert cfg.loss.objective == "ipo"
+
+
+def test_early_stopping_choice_adds_the_callback(tmp_path):
+    cfg = compose_train_config(tmp_path, ["callbacks=early_stopping"])
+    assert cfg.callbacks.early_stopping.monitor == "val/rewards/accuracies"
+    assert "hf_export" in cfg.callbacks  # the defaults stay
+
+
+def _compose_with_hydra(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_fsdp_preset_builds_its_strategy(tmp_path):
+    cfg = compose_train_config(tmp_path, ["trainer=fsdp"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert "LlamaDecoderLayer" in repr(policy)
+
+
+def test_ddp_preset(tmp_path):
+    cfg = compose_train_config(tmp_path, ["trainer=ddp", "trainer.devices=4"])
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.accelerator) == ("ddp", 4, "gpu")
+
+
+def test_slurm_launcher_preset_matches_tasks_to_devices():
+    cfg = _compose_with_hydra(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4"]
+    )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == 4
+    assert launcher["partition"] == "gpu"

@@ -1,0 +1,129 @@
+"""Reference log-prob cache: hit, miss, invalidation, equality, resume, sweep reuse."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_dpo import ReferenceSwapCallback
+from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.reference_cache import CachedReference, compute_pair_logps
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, small_datamodule
+from tests.test_callback import RecordBatches, _module, _reference_of, _trainer
+
+
+def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
+    reference, recorder = ReferenceSwapCallback(cache_dir=str(cache_dir)), RecordBatches()
+    forwards = {"n": 0}
+    handle = policy.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
+    _trainer(tmp_path, [reference, recorder], max_steps=max_steps).fit(
+        _module(policy), datamodule=small_datamodule(tokenizer, **data)
+    )
+    handle.remove()
+    return reference, recorder, forwards["n"]
+
+
+def test_cache_miss_then_hit_with_no_reference_forward(tmp_path, tiny_policy, tokenizer):
+    initial = copy.deepcopy(tiny_policy)
+    first, recorded, forwards_first = _fit(tmp_path, tiny_policy, tokenizer, tmp_path / "c")
+    assert isinstance(first.strategy, CachedReference)
+    assert (first.cache_misses, first.cache_hits) == (2, 0)
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 2  # train and val
+    for batch in recorded.batches:  # equal to the plain reference (to fp32 rounding)
+        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+
+    second, _, forwards_second = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
+    assert (second.cache_misses, second.cache_hits) == (0, 2)
+    # 3 training steps, policy forward only; the first run also ran the cache passes.
+    assert forwards_second == 3
+    assert forwards_first == 3 + len(first.strategy.tables["train"]) // 8 + 2
+
+
+def test_cache_table_is_bitwise_the_plain_bracket_on_the_same_batches(tiny_policy, tokenizer):
+    datamodule = small_datamodule(tokenizer)
+    datamodule.setup()
+    model = copy.deepcopy(tiny_policy).eval()
+
+    def forward(batch):
+        return _reference_of(model, batch)
+
+    table = compute_pair_logps(datamodule.ordered_dataloader("val"), forward)
+    lookup = CachedReference({"val": table}, keys={"val": "k"})
+    for batch in datamodule.ordered_dataloader("val"):
+        assert torch.equal(lookup.lookup("val", batch["pair_index"]), _reference_of(model, batch))
+
+
+@pytest.mark.parametrize("change", ["weights", "data", "max_length"])
+def test_any_key_change_invalidates(tmp_path, tiny_policy, tokenizer, change):
+    _fit(tmp_path, copy.deepcopy(tiny_policy), tokenizer, tmp_path / "c")
+    policy, data = copy.deepcopy(tiny_policy), {}
+    if change == "weights":
+        with torch.no_grad():
+            policy.lm_head.weight[0, 0] += 1e-3
+    elif change == "data":
+        data["seed"] = 1
+    else:
+        data["max_length"] = 40
+    again, _, _ = _fit(tmp_path, policy, tokenizer, tmp_path / "c", **data)
+    assert again.cache_misses == 2
+
+
+def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, tokenizer):
+    initial = copy.deepcopy(tiny_policy)
+    callback = ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))
+    trainer = _trainer(tmp_path, [callback], max_steps=3)
+    trainer.fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    recorder = RecordBatches()
+    resumed = ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))
+    _trainer(tmp_path, [resumed, recorder], max_steps=5).fit(
+        _module(copy.deepcopy(tiny_policy)),
+        datamodule=small_datamodule(tokenizer),
+        ckpt_path=tmp_path / "a.ckpt",
+    )
+    assert resumed.cache_misses == 0
+    for batch in recorder.batches:
+        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+    for path in (tmp_path / "c").glob("*.pt"):
+        path.unlink()
+    with pytest.raises(RuntimeError, match=r"cache .* is missing"):
+        _trainer(tmp_path, [ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))], max_steps=5).fit(
+            _module(copy.deepcopy(tiny_policy)),
+            datamodule=small_datamodule(tokenizer),
+            ckpt_path=tmp_path / "a.ckpt",
+        )
+
+
+def test_cache_and_tr_dpo_exclude_each_other():
+    with pytest.raises(ValueError, match="exclude each other"):
+        ReferenceSwapCallback(cache_dir="x", sync_every=2)
+
+
+def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
+    sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "loss=dpo,ipo",
+        "loss.beta=0.1,0.2",
+        f"+callbacks.reference.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *FAST_OVERRIDES,
+        "trainer.max_steps=2",
+    ]
+    repo = CONF_DIR.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [(sweep_dir / str(job) / "train.log").read_text() for job in range(4)]
+    assert logs[0].count("computed, cached") == 2
+    for later in logs[1:]:
+        assert later.count("loaded from cache") == 2
+        assert "computed, cached" not in later
+    assert len(list(cache_dir.glob("*.pt"))) == 2
