@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,10M", help="comma-separated model sizes")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per fit")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
     parser.add_argument("--length", type=int, default=64, help="tokens per row")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch")
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke)")

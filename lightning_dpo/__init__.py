@@ -2,16 +2,23 @@
 
 from lightning_dpo.callbacks import ReferenceSwapCallback
 from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.export import HFExportCallback, export_policy
 from lightning_dpo.losses import PairLogps, PreferenceLoss
 from lightning_dpo.module import PreferenceModule
+from lightning_dpo.plots import TrainingPlotCallback
 from lightning_dpo.policy import build_policy
+from lightning_dpo.samples import GreedySamplesCallback
 
 __all__ = [
+    "GreedySamplesCallback",
+    "HFExportCallback",
     "PairLogps",
     "PreferenceDataModule",
     "PreferenceLoss",
     "PreferenceModule",
     "ReferenceSwapCallback",
+    "TrainingPlotCallback",
     "build_policy",
+    "export_policy",
 ]
 __version__ = "0.1.0"

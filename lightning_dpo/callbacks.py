@@ -260,6 +260,8 @@ class ReferenceSwapCallback(Callback):
     def _attach_reference_logps(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, split: str
     ) -> None:
+        if getattr(getattr(pl_module, "loss", None), "reference_free", False):
+            return  # the loss compares against zeros: no reference forward at all
         if self.strategy is None:
             raise RuntimeError("ReferenceSwapCallback has no reference yet: was fit started?")
         if isinstance(self.strategy, CachedReference):

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 
 from lightning_dpo.losses import PairLogps
 
+DEFAULT_LOGPS_CHUNK_SIZE = 64
+"""Positions scored at a time by default (``PreferenceModule(logps_chunk_size=...)``)."""
+
 
 class SequenceLogps(NamedTuple):
     """Per-sequence log-probs of the response tokens of a batch of ``N`` rows.
@@ -38,18 +41,68 @@ class SequenceLogps(NamedTuple):
     wpo_log_weights: Tensor | None = None
 
 
-def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
+class _ChunkedLabelLogps(torch.autograd.Function):
+    """``logit[label] - logsumexp(logits)`` over position chunks, with a chunked backward.
+
+    Forward keeps only the logits (which exist anyway) and the ``[N, T]`` log-normalisers;
+    backward writes each chunk's gradient ``g * (onehot - softmax)`` straight into one
+    gradient buffer. Peak extra memory is one chunk of float32 temporaries plus the
+    gradient itself, instead of the full float32 log-softmax, its saved copy and a
+    scattered one-hot gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, chunk_size: int) -> Tensor:
+        rows, length = labels.shape
+        out = logits.new_empty((rows, length), dtype=torch.float32)
+        normalisers = torch.empty_like(out)
+        for start in range(0, length, chunk_size):
+            end = start + chunk_size
+            chunk = logits[:, start:end].float()
+            normalisers[:, start:end] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(-1, labels[:, start:end].unsqueeze(-1)).squeeze(-1)
+            out[:, start:end] = picked - normalisers[:, start:end]
+        ctx.save_for_backward(logits, labels, normalisers)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        logits, labels, normalisers = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, labels.shape[1], ctx.chunk_size):
+            end = start + ctx.chunk_size
+            upstream = grad_out[:, start:end].unsqueeze(-1)
+            probs = torch.exp(logits[:, start:end].float() - normalisers[:, start:end, None])
+            chunk_grad = probs.mul_(-upstream)
+            chunk_grad.scatter_add_(-1, labels[:, start:end].unsqueeze(-1), upstream)
+            grad[:, start:end] = chunk_grad
+        return grad, None, None
+
+
+def token_logps(logits: Tensor, labels: Tensor, chunk_size: int | None = None) -> Tensor:
     """Log-probability of each label under its logits, computed in float32.
+
+    With ``chunk_size`` the positions are scored ``chunk_size`` at a time as
+    ``logit[label] - logsumexp(logits)`` (forward and backward), so the ``[N, T, V]``
+    float32 log-softmax is never materialised nor kept for backward. Equal to the plain
+    computation within float32 rounding (the two orders of subtraction round
+    differently); ``bench/bench_logprobs.py`` measures the memory.
 
     Args:
         logits: ``[N, T, V]`` unnormalised scores.
         labels: ``[N, T]`` token ids to score.
+        chunk_size: Positions per chunk; ``None`` computes a full ``log_softmax``.
 
     Returns:
         ``[N, T]`` float32 log-probs.
     """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if chunk_size is None:
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        return log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
+    return _ChunkedLabelLogps.apply(logits, labels, chunk_size)
 
 
 def ld_token_weights(mask: Tensor, ld_alpha: float) -> Tensor:
@@ -113,6 +166,7 @@ def sequence_logps(
     *,
     ld_alpha: float | None = None,
     wpo_weights: bool = False,
+    chunk_size: int | None = None,
 ) -> SequenceLogps:
     """Sum the log-probs of the masked tokens of each row in one forward.
 
@@ -127,12 +181,14 @@ def sequence_logps(
         ld_alpha: LD-DPO weight of the tokens past the shorter response of each pair
             (rows in ``[chosen; rejected]`` layout); ``None`` sums them plainly.
         wpo_weights: Also compute WPO's per-row log-weights.
+        chunk_size: Score ``chunk_size`` positions at a time without a full float32
+            log-softmax (see :func:`token_logps`); ``None`` for the plain computation.
 
     Returns:
         The per-row sums and token counts (and the plain sums / WPO log-weights when asked).
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
+    per_token = token_logps(logits[:, :-1], input_ids[:, 1:], chunk_size)
     mask = loss_mask[:, 1:].bool()
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
     sums, plain = per_token.sum(-1), None

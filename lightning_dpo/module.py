@@ -12,7 +12,12 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
-from lightning_dpo.logprobs import SequenceLogps, pair_logps, sequence_logps
+from lightning_dpo.logprobs import (
+    DEFAULT_LOGPS_CHUNK_SIZE,
+    SequenceLogps,
+    pair_logps,
+    sequence_logps,
+)
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -47,6 +52,8 @@ class PreferenceModule(pl.LightningModule):
         loss: The preference objective, e.g. ``PreferenceLoss("dpo", beta=0.1)``.
         optimizer: Factory taking the trainable parameters (a Hydra ``_partial_``).
         scheduler: Optional factory taking the optimizer; stepped every optimizer step.
+        logps_chunk_size: Score this many positions at a time, never materialising the
+            ``[2B, T, V]`` float32 log-softmax (``None``: the plain full computation).
     """
 
     def __init__(
@@ -55,17 +62,43 @@ class PreferenceModule(pl.LightningModule):
         loss: PreferenceLoss,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        logps_chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
     ) -> None:
         super().__init__()
+        if logps_chunk_size is not None and logps_chunk_size < 1:
+            raise ValueError(
+                f"logps_chunk_size must be a positive number of positions or None, "
+                f"got {logps_chunk_size}"
+            )
         if not callable(loss):
             raise TypeError(f"loss must be callable (a PreferenceLoss), got {type(loss).__name__}")
         self.policy = policy
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.logps_chunk_size = logps_chunk_size
         self.val_metrics = nn.ModuleDict(
             {name.replace("/", "_"): MeanMetric() for name in METRIC_NAMES}
         )
+
+    def configure_model(self) -> None:
+        """Shard the policy with FSDP2 when trained under ``ModelParallelStrategy``.
+
+        Each decoder layer (a module whose class name ends in ``DecoderLayer``) becomes its
+        own FSDP unit, then the whole policy. Under other strategies this does nothing.
+        The reference snapshot then holds each rank's local shards only.
+        """
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_policy_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        data_parallel = mesh["data_parallel"]
+        for module in self.policy.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                fully_shard(module, mesh=data_parallel)
+        fully_shard(self.policy, mesh=data_parallel)
+        self._policy_sharded = True
 
     def setup(self, stage: str) -> None:
         """Check, before the first step, that the data carries what the loss needs."""
@@ -94,11 +127,15 @@ class PreferenceModule(pl.LightningModule):
             batch["loss_mask"],
             ld_alpha=getattr(self.loss, "ld_alpha", None),
             wpo_weights=wpo_weights,
+            chunk_size=self.logps_chunk_size,
         )
 
     def logps_settings(self) -> dict[str, float | None]:
         """What, besides weights and data, changes the reference log-probs (cache key)."""
-        return {"ld_alpha": getattr(self.loss, "ld_alpha", None)}
+        return {
+            "ld_alpha": getattr(self.loss, "ld_alpha", None),
+            "logps_chunk_size": self.logps_chunk_size,
+        }
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[LossOutput, PairLogps]:
         """Policy forward and loss for a batch that carries reference log-probs.

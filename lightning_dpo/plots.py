@@ -29,12 +29,12 @@ Series = Sequence[tuple[int, float]]
 """``(step, value)`` points of one metric."""
 
 
-def new_figure(ncols: int, width: float = 5.0, height: float = 3.6):
-    """A matplotlib figure with ``ncols`` axes, drawn off-screen (no pyplot state)."""
+def new_figure(ncols: int, width: float = 5.0, height: float = 3.6, nrows: int = 1):
+    """A figure of ``nrows x ncols`` axes (flattened), drawn off-screen (no pyplot state)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width * ncols, height), layout="constrained")
-    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    return figure, list(figure.subplots(nrows, ncols, squeeze=False).flat)
 
 
 def plot_training_curves(
@@ -50,7 +50,7 @@ def plot_training_curves(
     Returns:
         The PNG path.
     """
-    figure, axes = new_figure(len(PANELS))
+    figure, axes = new_figure(2, width=6.0, nrows=2)
     for ax, (label, metrics) in zip(axes, PANELS, strict=True):
         for metric in metrics:
             _plot_metric(ax, history, metric, prefix="" if len(metrics) == 1 else f"{metric} ")

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
-from lightning_dpo.logprobs import sequence_logps
+from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
 from tests.conftest import small_datamodule
 
@@ -56,7 +56,11 @@ def _trainer(tmp_path, callbacks, max_steps=5, **kwargs):
 def _reference_of(model, batch):
     with torch.no_grad():
         return sequence_logps(
-            model.eval(), batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+            model.eval(),
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["loss_mask"],
+            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
         ).sums
 
 
@@ -210,3 +214,17 @@ def test_callback_refuses_a_module_without_policy(tmp_path):
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"auto.*snapshot.*adapter"):
         ReferenceSwapCallback(mode="copy")
+
+
+def test_reference_free_loss_runs_no_reference_forward(tmp_path, tiny_policy, tokenizer):
+    recorder = RecordBatches()
+    module = PreferenceModule(
+        tiny_policy,
+        PreferenceLoss("dpo", beta=0.1, reference_free=True),
+        partial(torch.optim.AdamW, lr=1e-2),
+    )
+    _trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=2).fit(
+        module, datamodule=small_datamodule(tokenizer)
+    )
+    assert all(REFERENCE_LOGPS_KEY not in batch for batch in recorder.batches)
+    assert all(math.isfinite(loss) for loss in recorder.losses)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_dpo.data import build_char_tokenizer
-from lightning_dpo.logprobs import sequence_logps
+from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import build_policy
 from tests.distributed.run_reference import TINY
 
@@ -38,7 +38,11 @@ def _initial_reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model = build_policy(build_char_tokenizer(), tiny=TINY).eval()
     with torch.no_grad():
         return sequence_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["loss_mask"],
+            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
         ).sums
 
 

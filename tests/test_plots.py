@@ -34,7 +34,7 @@ def test_plot_writes_a_png_with_one_panel_per_metric(tmp_path):
     path = plot_training_curves(history, tmp_path / "sub" / "curves.png", title="t")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     height, width, _ = imread(path).shape
-    assert width == pytest.approx(4 * height * 5.0 / 3.6, rel=0.05)  # 4 panels side by side
+    assert width == pytest.approx(height * 12.0 / 7.2, rel=0.05)  # 2 x 2 panels of 6 x 3.6
 
 
 def test_callback_history_matches_the_csv_log(tmp_path, tiny_policy):

@@ -6,9 +6,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import OmegaConf
 
+from lightning_dpo.strategies import check_supported_strategy
 from lightning_dpo.training import train
 from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
 
@@ -46,12 +47,12 @@ def _compose_with_hydra(overrides):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
-def test_fsdp_preset_builds_its_strategy(tmp_path):
-    cfg = compose_train_config(tmp_path, ["trainer=fsdp"])
+def test_fsdp_preset_builds_fsdp2_strategy_the_reference_supports(tmp_path):
+    cfg = compose_train_config(tmp_path, ["trainer=fsdp", "trainer.devices=4"])
     strategy = instantiate(cfg.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy)
-    policy = strategy.kwargs["auto_wrap_policy"]
-    assert "LlamaDecoderLayer" in repr(policy)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert strategy._data_parallel_size == 4
+    check_supported_strategy(strategy)
 
 
 def test_ddp_preset(tmp_path):

@@ -180,3 +180,27 @@ def test_adapter_reference_refuses_a_plain_model(tiny_policy):
     with pytest.raises(TypeError, match="not a peft model"):  # noqa: SIM117
         with AdapterDisabledReference().reference(tiny_policy):
             pass
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+def test_chunked_token_logps_equal_the_plain_log_softmax(chunk_size):
+    from lightning_dpo.logprobs import token_logps
+
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 13, 50) * 5).requires_grad_()
+    labels = torch.randint(0, 50, (4, 13))
+    plain = token_logps(logits, labels)
+    chunked = token_logps(logits, labels, chunk_size)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=4e-6)
+    (grad_plain,) = torch.autograd.grad(plain.sum(), logits)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), logits)
+    torch.testing.assert_close(grad_chunked, grad_plain, rtol=0, atol=1e-6)
+
+
+def test_chunked_sequence_logps_equal_plain_on_a_model(tiny_policy, batch):
+    args = (tiny_policy.eval(), batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    with torch.no_grad():
+        plain = sequence_logps(*args)
+        chunked = sequence_logps(*args, chunk_size=5)
+    torch.testing.assert_close(chunked.sums, plain.sums, rtol=1e-6, atol=1e-5)
+    assert torch.equal(chunked.token_counts, plain.token_counts)

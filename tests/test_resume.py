@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lightning_dpo.data import build_char_tokenizer
-from lightning_dpo.logprobs import sequence_logps
+from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import build_policy
 from tests.scripts.train_steps import TINY
 
@@ -49,6 +49,10 @@ def test_resumed_process_keeps_initial_reference_and_loss_curve(tmp_path):
     for batch in resumed_run["batches"]:
         with torch.no_grad():
             expected = sequence_logps(
-                initial, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+                initial,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["loss_mask"],
+                chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
             ).sums
         assert torch.equal(batch["reference_logps"], expected)

@@ -30,18 +30,6 @@ TINY = {
 }
 
 
-class FullyShardedModule(PreferenceModule):
-    """PreferenceModule whose policy is sharded with FSDP2 in ``configure_model``."""
-
-    def configure_model(self) -> None:  # noqa: D102
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = self.device_mesh["data_parallel"]
-        for layer in self.policy.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(self.policy, mesh=mesh)
-
-
 class Record(pl.Callback):
     """Keeps each training batch with its reference log-probs."""
 
@@ -57,8 +45,8 @@ def main(strategy_name: str, out_dir: Path) -> None:
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4)
     torch.manual_seed(0)
     policy = build_policy(datamodule.tokenizer, tiny=TINY)
-    module_cls = FullyShardedModule if strategy_name == "fsdp2" else PreferenceModule
-    module = module_cls(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
+    # Under ModelParallelStrategy, PreferenceModule.configure_model shards with FSDP2.
+    module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
     if strategy_name == "fsdp2":
         strategy = pl.strategies.ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
