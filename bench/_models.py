@@ -6,6 +6,7 @@ Not a benchmark itself. The bench scripts import it as a sibling module (``bench
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -121,6 +122,28 @@ def machine_info() -> str:
         f"{os.cpu_count()} CPUs ({cpu}), CUDA device: {gpu}, "
         f"1-min load average {os.getloadavg()[0]:.1f}"
     )
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads`` (torch intra-op threads, default 1) to a benchmark's parser.
+
+    One thread by default: on a machine shared with other jobs, OpenMP's spinning worker
+    threads turn every parallel region into a wait for a descheduled thread (measured on
+    2 cores at load 3: 2.6 s of CPU per training step of the 1M model with 2 threads,
+    0.05 s with 1), which no median can repair.
+    """
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads in this benchmark process.
+
+    Raises:
+        ValueError: ``threads`` is not positive.
+    """
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -29,7 +29,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _models import build_llama, check_size, machine_info, markdown_table, trainable_nbytes
+from _models import (
+    add_threads_argument,
+    build_llama,
+    check_size,
+    machine_info,
+    markdown_table,
+    set_threads,
+    trainable_nbytes,
+)
 from _training import (
     CACHE,
     CONFIGURATIONS,
@@ -64,8 +72,13 @@ def reset_peak() -> bool:
     return True
 
 
-def measure(name: str, size: str, steps: int, length: int, batch: int, device: str) -> dict:
-    """Run one configuration in this (fresh) process and return its memory figures."""
+def measure(name: str, size: str, steps: int, shape: tuple[int, int, int], device: str) -> dict:
+    """Run one configuration in this (fresh) process and return its memory figures.
+
+    ``shape`` is (tokens per row, pairs per batch, torch threads).
+    """
+    length, batch, threads = shape
+    set_threads(threads)
     quiet()
     reset = reset_peak()
     baseline = status_kib("VmRSS")
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per configuration")
     parser.add_argument("--length", type=int, default=64, help="tokens per row")
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per batch")
+    add_threads_argument(parser)
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps (smoke)")
     args = parser.parse_args(argv)
     size = "tiny" if args.quick else check_size(args.size)
@@ -155,11 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict | str] = {}
     for name in (WEIGHTS_ONLY, *CONFIGURATIONS):
         reason = skip_reason(name, device)
-        measured = args.length, args.batch_size, device
-        results[name] = reason or run_isolated(context, name, size, steps, *measured)
+        shape = args.length, args.batch_size, args.threads
+        results[name] = reason or run_isolated(context, name, size, steps, shape, device)
     base = SWAP_COPY if device == "cuda" else SWAP_EXCHANGE
     weights = results[WEIGHTS_ONLY]["weights"] / 2**20  # type: ignore[index]
     print(f"# Peak memory of {steps} training steps, one process per configuration\n")
+    set_threads(args.threads)
     print(f"Machine: {machine_info()}; device: {device}")
     print(
         f"Model {size}: {weights:.1f} MiB of fp32 weights; {args.batch_size} pairs x "

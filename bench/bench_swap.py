@@ -34,12 +34,14 @@ from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from _models import (
+    add_threads_argument,
     build_llama,
     machine_info,
     markdown_table,
     median,
     mib,
     parse_sizes,
+    set_threads,
     time_interleaved,
     trainable_nbytes,
     trainable_numel,
@@ -176,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,10M,100M", help="comma-separated model sizes")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per size")
+    add_threads_argument(parser)
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 rounds (smoke)")
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     sizes = ["tiny"] if args.quick else parse_sizes(args.sizes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unit = "pinned H2D copy" if device.type == "cuda" else "memcpy"

@@ -84,3 +84,6 @@ FAST_OVERRIDES = [
     "trainer.log_every_n_steps=1",
 ]
 """Overrides that make a composed run take seconds."""
+
+LEAN_OVERRIDES = ["~callbacks.hf_export", "~callbacks.training_plot", "~callbacks.samples"]
+"""Drop the export, plot and samples callbacks (tested on their own) from many-job runs."""

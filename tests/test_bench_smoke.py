@@ -7,6 +7,7 @@ configuration produced a row with finite, positive figures (or says plainly why 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import re
 import subprocess
@@ -14,19 +15,32 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
+QUIETED_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_dpo")
+
+
 @pytest.fixture
 def bench(monkeypatch):
-    """Import a bench script by name, with ``bench/`` on ``sys.path`` as when run directly."""
+    """Import a bench script by name, with ``bench/`` on ``sys.path`` as when run directly.
+
+    The scripts set torch's thread count and quieten Lightning's loggers for their own
+    process; both are put back for the tests that run after these.
+    """
     monkeypatch.syspath_prepend(str(BENCH_DIR))
+    threads = torch.get_num_threads()
+    levels = {name: logging.getLogger(name).level for name in QUIETED_LOGGERS}
 
     def load(name: str):
         return importlib.import_module(name)
 
-    return load
+    yield load
+    torch.set_num_threads(threads)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def table_rows(output: str) -> list[list[str]]:

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
 from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
-from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
+from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference, eval_mode
 from tests.conftest import small_datamodule
 
 
@@ -54,9 +54,10 @@ def _trainer(tmp_path, callbacks, max_steps=5, **kwargs):
 
 
 def _reference_of(model, batch):
-    with torch.no_grad():
+    """Log-probs of ``model`` in eval mode, without changing its train/eval flags."""
+    with torch.no_grad(), eval_mode(model):
         return sequence_logps(
-            model.eval(),
+            model,
             batch["input_ids"],
             batch["attention_mask"],
             batch["loss_mask"],

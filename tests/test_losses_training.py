@@ -25,7 +25,7 @@ from lightning_dpo import (
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
 from lightning_dpo.losses import OBJECTIVES
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 REPO = CONF_DIR.parent
 LOSS_NAMES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
@@ -47,6 +47,7 @@ def test_multirun_over_every_loss_name(tmp_path) -> None:
         "++trainer.fast_dev_run=true",
         f"hydra.sweep.dir={sweep_dir}",
         *FAST_OVERRIDES,
+        *LEAN_OVERRIDES,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)

@@ -13,7 +13,7 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference_cache import CachedReference, compute_pair_logps
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, small_datamodule
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, small_datamodule
 from tests.test_callback import RecordBatches, _module, _reference_of, _trainer
 
 
@@ -115,6 +115,7 @@ def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
         f"+callbacks.reference.cache_dir={cache_dir}",
         f"hydra.sweep.dir={sweep_dir}",
         *FAST_OVERRIDES,
+        *LEAN_OVERRIDES,
         "trainer.max_steps=2",
     ]
     repo = CONF_DIR.parent

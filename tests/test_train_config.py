@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 
 from lightning_dpo.data import DataValidationError
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 REPO = CONF_DIR.parent
 
@@ -21,7 +21,14 @@ REPO = CONF_DIR.parent
 @pytest.mark.parametrize("model", ["full", "lora"])
 def test_fast_dev_run_every_model_and_loss(tmp_path, model, loss):
     cfg = compose_train_config(
-        tmp_path, [f"model={model}", f"loss={loss}", "++trainer.fast_dev_run=true", *FAST_OVERRIDES]
+        tmp_path,
+        [
+            f"model={model}",
+            f"loss={loss}",
+            "++trainer.fast_dev_run=true",
+            *FAST_OVERRIDES,
+            *LEAN_OVERRIDES,
+        ],
     )
     metrics = train(cfg)
     assert "train/loss" in metrics
@@ -83,6 +90,7 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         "model=full,lora",
         f"hydra.sweep.dir={sweep_dir}",
         *FAST_OVERRIDES,
+        *LEAN_OVERRIDES,
         "trainer.max_steps=2",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
