@@ -138,8 +138,6 @@ class ReferenceSwapCallback(Callback):
                 "reference) exclude each other: set one of them to null"
             )
         self.cache_dir = cache_dir
-        self.cache_hits = 0
-        self.cache_misses = 0
         self.sync_every = sync_every
         self.sync_alpha = sync_alpha
         self._last_sync_step = 0
@@ -148,6 +146,16 @@ class ReferenceSwapCallback(Callback):
         self.swap_mode = swap_mode
         self.strategy: ReferenceStrategy | None = None
         self._restored_state: dict[str, Any] | None = None
+
+    @property
+    def cache_hits(self) -> int:
+        """Splits whose reference log-probs were loaded from the cache (0 without one)."""
+        return getattr(self.strategy, "hits", 0)
+
+    @property
+    def cache_misses(self) -> int:
+        """Splits whose reference log-probs were computed for the cache (0 without one)."""
+        return getattr(self.strategy, "misses", 0)
 
     @property
     @override
@@ -177,8 +185,12 @@ class ReferenceSwapCallback(Callback):
         if trainer.ckpt_path is not None:
             self.strategy = self._strategy_from_checkpoint(trainer, pl_module)
         elif self.cache_dir is not None:
-            self.strategy = build_cached_reference(trainer, pl_module, self.cache_dir)
-            self.cache_hits, self.cache_misses = self.strategy.hits, self.strategy.misses
+
+            def forward(batch: dict[str, Any]) -> Any:
+                batch = trainer.strategy.batch_to_device(batch)
+                return self._reference_logps(trainer, pl_module, batch, strategy=None)
+
+            self.strategy = build_cached_reference(trainer, pl_module, self.cache_dir, forward)
         else:
             self.strategy = self._build_strategy(pl_module)
 
@@ -243,11 +255,10 @@ class ReferenceSwapCallback(Callback):
         if isinstance(self.strategy, CachedReference):
             return {"reference": "cache", "cache_keys": dict(self.strategy.keys)}
         if isinstance(self.strategy, HostSnapshotReference):
-            snapshot = self.strategy.state_dict()
             return {
                 "reference": "snapshot",
-                "reference_snapshot": snapshot,
-                "fingerprint": snapshot_fingerprint(snapshot),
+                "reference_snapshot": self.strategy.state_dict(),
+                "fingerprint": self.strategy.fingerprint,
                 "last_sync_step": self._last_sync_step,
             }
         return {"reference": "disable_adapters"}
@@ -269,12 +280,21 @@ class ReferenceSwapCallback(Callback):
                 raise KeyError("the reference cache needs `pair_index` in every batch")
             batch[REFERENCE_LOGPS_KEY] = self.strategy.lookup(split, batch["pair_index"])
             return
+        batch[REFERENCE_LOGPS_KEY] = self._reference_logps(trainer, pl_module, batch, self.strategy)
+
+    @staticmethod
+    def _reference_logps(
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        strategy: ReferenceStrategy | None,
+    ) -> Any:
+        """``[2B]`` reference log-probs of a device batch (``strategy=None``: no swap)."""
         with (
             trainer.precision_plugin.forward_context(),
-            reference_context(self.strategy, pl_module.policy),
+            reference_context(strategy, pl_module.policy),
         ):
-            reference = pl_module.sequence_logps(batch).sums
-        batch[REFERENCE_LOGPS_KEY] = reference.detach()
+            return pl_module.sequence_logps(batch).sums.detach()
 
     def _resolved_mode(self, policy: nn.Module) -> str:
         if self.mode != "auto":

@@ -171,13 +171,15 @@ class PreferenceModule(pl.LightningModule):
         return loss
 
     def _check_finite(self, loss: Tensor, output: LossOutput) -> None:
-        margin = float((output.chosen_rewards - output.rejected_rewards).mean())
+        """Raise on a non-finite loss; one host sync per step (the finiteness test)."""
         if bool(torch.isfinite(loss)):
-            self._last_finite = (self.global_step, float(loss.detach()), margin)
+            margin = (output.chosen_rewards - output.rejected_rewards).mean()
+            self._last_finite = (self.global_step, loss.detach(), margin.detach())
             return
         last = getattr(self, "_last_finite", None)
         history = (
-            f"last finite loss {last[1]:.6g} at step {last[0]} (reward margin {last[2]:.6g})"
+            f"last finite loss {float(last[1]):.6g} at step {last[0]} "
+            f"(reward margin {float(last[2]):.6g})"
             if last
             else "no finite loss before it"
         )

@@ -9,7 +9,7 @@ every reference forward needs around it: ``torch.no_grad()`` and dropout off.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, Protocol
 
@@ -44,10 +44,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def reference_context(strategy: ReferenceStrategy, model: nn.Module) -> Iterator[None]:
-    """Run the body as the reference policy: no grad, dropout off, weights swapped."""
-    with torch.no_grad(), eval_mode(model), strategy.reference(model):
-        yield
+def reference_context(strategy: ReferenceStrategy | None, model: nn.Module) -> Iterator[None]:
+    """Run the body as the reference policy: no grad, dropout off, weights swapped.
+
+    ``strategy=None`` means ``model`` is the reference as it is (at fit start, before any
+    update): nothing is swapped.
+    """
+    with torch.no_grad(), eval_mode(model):
+        if strategy is None:
+            yield
+            return
+        with strategy.reference(model):
+            yield
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -70,11 +78,18 @@ def local_tensor(param: Tensor) -> Tensor:
     return to_local() if callable(to_local) else param
 
 
-def snapshot_fingerprint(snapshot: dict[str, Tensor]) -> str:
-    """SHA-256 over names, shapes, dtypes and bytes of a snapshot (order-independent)."""
+def snapshot_fingerprint(snapshot: Mapping[str, Tensor]) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes of named tensors (order-independent).
+
+    A sharded (DTensor) entry is hashed whole (``full_tensor``), so every rank of a
+    sharded model gets the same fingerprint.
+    """
     digest = hashlib.sha256()
     for name in sorted(snapshot):
-        tensor = snapshot[name].detach().cpu().contiguous()
+        tensor = snapshot[name].detach()
+        if hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()
+        tensor = tensor.cpu().contiguous()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -124,6 +139,7 @@ class HostSnapshotReference:
         }
         self._stash: dict[str, Tensor] = {}
         self._swapped: list[tuple[nn.Parameter, Tensor, bool]] = []
+        self._fingerprint: str | None = None
 
     @classmethod
     def capture(
@@ -148,8 +164,11 @@ class HostSnapshotReference:
         """Whether reference weights are in the model right now."""
         return bool(self._swapped)
 
-    def check_compatible(self, model: nn.Module) -> None:
-        """Raise unless every snapshot tensor matches a parameter of ``model`` by name and shape.
+    def check_compatible(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Match every snapshot tensor to a parameter of ``model`` by name and shape.
+
+        Returns:
+            The model's parameters by name (one walk of the model serves the caller too).
 
         Raises:
             RuntimeError: Naming the first missing parameter or mismatched shape.
@@ -167,6 +186,7 @@ class HostSnapshotReference:
                     f"reference snapshot '{name}' has shape {tuple(ref.shape)}, "
                     f"the model's parameter (local shard) has shape {shape}"
                 )
+        return params
 
     def _can_exchange(self, param: Tensor, ref: Tensor) -> bool:
         if self.swap_mode == "copy":
@@ -190,8 +210,7 @@ class HostSnapshotReference:
         """Put the reference weights into ``model``; restore the training ones on exit."""
         if self.in_flight:
             raise RuntimeError("a reference swap is already in flight: nested swaps are refused")
-        self.check_compatible(model)
-        params = dict(model.named_parameters())
+        params = self.check_compatible(model)
         try:
             with torch.no_grad():
                 for name, ref in self.snapshot.items():
@@ -227,6 +246,13 @@ class HostSnapshotReference:
         """The reference weights by parameter name (host tensors)."""
         return dict(self.snapshot)
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the snapshot, computed once and again only after :meth:`update`."""
+        if self._fingerprint is None:
+            self._fingerprint = snapshot_fingerprint(self.snapshot)
+        return self._fingerprint
+
     def update(self, model: nn.Module, alpha: float = 1.0) -> None:
         """Move the reference towards the live weights: ``ref <- (1-alpha) ref + alpha live``.
 
@@ -237,8 +263,8 @@ class HostSnapshotReference:
             raise RuntimeError("cannot update the reference while it is swapped in")
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"reference update alpha must be in (0, 1], got {alpha}")
-        self.check_compatible(model)
-        params = dict(model.named_parameters())
+        params = self.check_compatible(model)
+        self._fingerprint = None
         with torch.no_grad():
             for name, ref in self.snapshot.items():
                 live = local_tensor(params[name].detach()).to("cpu", ref.dtype)

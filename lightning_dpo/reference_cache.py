@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_dpo.reference import eval_mode
+from lightning_dpo.reference import snapshot_fingerprint
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -32,15 +32,7 @@ CACHE_VERSION = 1
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer of ``model`` (names, shapes, dtypes, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach()
-        if hasattr(tensor, "full_tensor"):  # a sharded DTensor: hash the whole tensor
-            tensor = tensor.full_tensor()
-        tensor = tensor.cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return snapshot_fingerprint(model.state_dict())
 
 
 def cache_key(reference: str, data: str, settings: dict[str, object]) -> str:
@@ -132,12 +124,21 @@ class CachedReference:
 
 
 def build_cached_reference(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, cache_dir: str | os.PathLike
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    cache_dir: str | os.PathLike,
+    forward: Callable[[dict[str, Any]], Tensor],
 ) -> CachedReference:
     """Load, or compute and save, the reference log-probs of the train and val splits.
 
     Call at fit start, when the policy is still the reference. Every rank computes the
     tables (a sharded forward needs all ranks); global rank zero writes them.
+
+    Args:
+        trainer: The trainer (datamodule, precision, strategy, rank).
+        pl_module: The module (``policy`` and ``logps_settings()`` for the key).
+        cache_dir: Directory of the tables.
+        forward: Host batch -> ``[2B]`` reference log-probs (the callback's forward).
 
     Raises:
         TypeError: The datamodule cannot fingerprint or order its splits.
@@ -163,7 +164,6 @@ def build_cached_reference(
                 cache.path(key),
             )
             continue
-        forward = _reference_forward(trainer, pl_module)
         tables[split] = compute_pair_logps(datamodule.ordered_dataloader(split), forward)
         if trainer.is_global_zero:
             cache.save(key, tables[split])
@@ -175,21 +175,6 @@ def build_cached_reference(
         )
     trainer.strategy.barrier("reference_cache")
     return CachedReference(tables, keys, hits=hits, misses=len(SPLITS) - hits)
-
-
-def _reference_forward(
-    trainer: pl.Trainer, pl_module: pl.LightningModule
-) -> Callable[[dict[str, Any]], Tensor]:
-    def forward(batch: dict[str, Any]) -> Tensor:
-        batch = trainer.strategy.batch_to_device(batch)
-        with (
-            trainer.precision_plugin.forward_context(),
-            torch.no_grad(),
-            eval_mode(pl_module.policy),
-        ):
-            return pl_module.sequence_logps(batch).sums
-
-    return forward
 
 
 def load_cached_reference(cache_dir: str | os.PathLike, keys: dict[str, str]) -> CachedReference:

@@ -12,7 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
+from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import add_lora, build_tiny_llama
+from lightning_dpo.reference import eval_mode
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -87,3 +89,19 @@ FAST_OVERRIDES = [
 
 LEAN_OVERRIDES = ["~callbacks.hf_export", "~callbacks.training_plot", "~callbacks.samples"]
 """Drop the export, plot and samples callbacks (tested on their own) from many-job runs."""
+
+
+def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the reference callback computes, from ``model`` as it is (eval mode, no grad).
+
+    Uses ``PreferenceModule``'s default chunking so that equality can be bitwise; leaves
+    the model's train/eval flags as they were.
+    """
+    with torch.no_grad(), eval_mode(model):
+        return sequence_logps(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["loss_mask"],
+            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
+        ).sums

@@ -13,9 +13,8 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
-from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
-from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference, eval_mode
-from tests.conftest import small_datamodule
+from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
+from tests.conftest import reference_logps, small_datamodule
 
 
 class RecordBatches(Callback):
@@ -53,18 +52,6 @@ def _trainer(tmp_path, callbacks, max_steps=5, **kwargs):
     )
 
 
-def _reference_of(model, batch):
-    """Log-probs of ``model`` in eval mode, without changing its train/eval flags."""
-    with torch.no_grad(), eval_mode(model):
-        return sequence_logps(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["loss_mask"],
-            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
-        ).sums
-
-
 def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy, tokenizer):
     initial = copy.deepcopy(tiny_policy)
     recorder = RecordBatches()
@@ -75,9 +62,9 @@ def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy,
     assert isinstance(reference_callback.strategy, HostSnapshotReference)
     first, last = recorder.batches[0], recorder.batches[-1]
     for batch in (first, last):
-        assert torch.equal(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+        assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
     # The policy has moved, so the equality above is not the policy's own log-probs.
-    assert not torch.allclose(_reference_of(tiny_policy, last), last[REFERENCE_LOGPS_KEY])
+    assert not torch.allclose(reference_logps(tiny_policy, last), last[REFERENCE_LOGPS_KEY])
 
 
 def test_dpo_loss_at_step_zero_is_ln2(tmp_path, tiny_policy, tokenizer):
@@ -91,7 +78,7 @@ def test_dpo_loss_at_step_zero_is_ln2(tmp_path, tiny_policy, tokenizer):
 
 def test_step_zero_rewards_are_zero(tiny_policy, tokenizer, batch):
     module = _module(tiny_policy)
-    batch[REFERENCE_LOGPS_KEY] = _reference_of(copy.deepcopy(tiny_policy), batch)
+    batch[REFERENCE_LOGPS_KEY] = reference_logps(copy.deepcopy(tiny_policy), batch)
     module.policy.train()
     output, _ = module.compute_loss(batch)
     assert torch.equal(output.chosen_rewards, torch.zeros_like(output.chosen_rewards))
@@ -109,7 +96,7 @@ def test_lora_mode_uses_the_base_model_and_no_snapshot(tmp_path, lora_policy, to
     assert isinstance(reference_callback.strategy, AdapterDisabledReference)
     assert "reference_snapshot" not in reference_callback.state_dict()
     last = recorder.batches[-1]
-    assert torch.equal(last[REFERENCE_LOGPS_KEY], _reference_of(base, last))
+    assert torch.equal(last[REFERENCE_LOGPS_KEY], reference_logps(base, last))
 
 
 class FailInReference(Callback):
@@ -178,7 +165,7 @@ def test_resume_uses_the_initial_reference(tmp_path, tiny_policy, tokenizer):
     )
     assert len(recorder.batches) == 2
     for batch in recorder.batches:
-        assert torch.equal(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+        assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
 
 
 def test_resume_without_reference_state_fails_loudly(tmp_path, tiny_policy, tokenizer):

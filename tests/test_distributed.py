@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lightning_dpo.data import build_char_tokenizer
-from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import build_policy
+from tests.conftest import reference_logps
 from tests.distributed.run_reference import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,26 +33,20 @@ def _run(strategy: str, out_dir: Path) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
-def _initial_reference(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _initial_policy() -> torch.nn.Module:
+    """The policy every rank started from (the scripts seed 0 before building it)."""
     torch.manual_seed(0)
-    model = build_policy(build_char_tokenizer(), tiny=TINY).eval()
-    with torch.no_grad():
-        return sequence_logps(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["loss_mask"],
-            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
-        ).sums
+    return build_policy(build_char_tokenizer(), tiny=TINY)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
     ranks = _run(strategy, tmp_path)
+    initial = _initial_policy()
     for rank in ranks:
         assert len(rank["batches"]) == 4
         for batch in rank["batches"]:
-            expected = _initial_reference(batch)
+            expected = reference_logps(initial, batch)
             assert torch.equal(batch[rank["key"]], expected)
     # The two ranks trained on different batches but hold the same reference.
     assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
@@ -62,8 +56,6 @@ def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
         assert ranks[0]["snapshot_bytes"] == full_bytes
     else:  # each rank holds only its shards: half of the weights
         total = ranks[0]["snapshot_bytes"] + ranks[1]["snapshot_bytes"]
-        unsharded = sum(
-            p.numel() * 4 for p in build_policy(build_char_tokenizer(), tiny=TINY).parameters()
-        )
+        unsharded = sum(p.numel() * 4 for p in initial.parameters())
         assert total == unsharded
         assert max(r["snapshot_bytes"] for r in ranks) <= 0.6 * unsharded

@@ -13,8 +13,14 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference_cache import CachedReference, compute_pair_logps
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, small_datamodule
-from tests.test_callback import RecordBatches, _module, _reference_of, _trainer
+from tests.conftest import (
+    CONF_DIR,
+    FAST_OVERRIDES,
+    LEAN_OVERRIDES,
+    reference_logps,
+    small_datamodule,
+)
+from tests.test_callback import RecordBatches, _module, _trainer
 
 
 def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
@@ -35,7 +41,7 @@ def test_cache_miss_then_hit_with_no_reference_forward(tmp_path, tiny_policy, to
     assert (first.cache_misses, first.cache_hits) == (2, 0)
     assert len(list((tmp_path / "c").glob("*.pt"))) == 2  # train and val
     for batch in recorded.batches:  # equal to the plain reference (to fp32 rounding)
-        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
 
     second, _, forwards_second = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
     assert (second.cache_misses, second.cache_hits) == (0, 2)
@@ -50,12 +56,12 @@ def test_cache_table_is_bitwise_the_plain_bracket_on_the_same_batches(tiny_polic
     model = copy.deepcopy(tiny_policy).eval()
 
     def forward(batch):
-        return _reference_of(model, batch)
+        return reference_logps(model, batch)
 
     table = compute_pair_logps(datamodule.ordered_dataloader("val"), forward)
     lookup = CachedReference({"val": table}, keys={"val": "k"})
     for batch in datamodule.ordered_dataloader("val"):
-        assert torch.equal(lookup.lookup("val", batch["pair_index"]), _reference_of(model, batch))
+        assert torch.equal(lookup.lookup("val", batch["pair_index"]), reference_logps(model, batch))
 
 
 @pytest.mark.parametrize("change", ["weights", "data", "max_length"])
@@ -88,7 +94,7 @@ def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, toke
     )
     assert resumed.cache_misses == 0
     for batch in recorder.batches:
-        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+        torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
     for path in (tmp_path / "c").glob("*.pt"):
         path.unlink()
     with pytest.raises(RuntimeError, match=r"cache .* is missing"):

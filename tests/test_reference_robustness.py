@@ -15,8 +15,8 @@ from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY, has_trained_adapter
 from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
 from lightning_dpo.strategies import check_supported_strategy
-from tests.conftest import small_datamodule
-from tests.test_callback import RecordBatches, _module, _reference_of, _trainer
+from tests.conftest import reference_logps, small_datamodule
+from tests.test_callback import RecordBatches, _module, _trainer
 
 TINY = {
     "hidden_size": 32,
@@ -56,8 +56,8 @@ def test_lora_from_existing_adapter_reference_is_base_plus_that_adapter(tmp_path
     base_bytes = sum(p.numel() * p.element_size() for p in bare_base.parameters())
     assert callback.strategy.nbytes < base_bytes / 4
     last = recorder.batches[-1]
-    assert torch.equal(last[REFERENCE_LOGPS_KEY], _reference_of(initial, last))
-    assert not torch.allclose(last[REFERENCE_LOGPS_KEY], _reference_of(bare_base, last))
+    assert torch.equal(last[REFERENCE_LOGPS_KEY], reference_logps(initial, last))
+    assert not torch.allclose(last[REFERENCE_LOGPS_KEY], reference_logps(bare_base, last))
 
 
 def test_bare_base_can_be_chosen_explicitly_for_an_existing_adapter(tmp_path, tokenizer):
@@ -72,7 +72,7 @@ def test_bare_base_can_be_chosen_explicitly_for_an_existing_adapter(tmp_path, to
     )
     assert isinstance(callback.strategy, AdapterDisabledReference)
     batch = recorder.batches[-1]
-    assert torch.equal(batch[REFERENCE_LOGPS_KEY], _reference_of(bare_base, batch))
+    assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(bare_base, batch))
 
 
 def test_lora_and_adapter_together_are_refused(tokenizer, tmp_path):
@@ -90,7 +90,7 @@ def test_both_swap_modes_give_bitwise_the_same_reference(tmp_path, tokenizer, sw
         _module(policy), datamodule=small_datamodule(tokenizer)
     )
     for batch in recorder.batches:
-        assert torch.equal(batch[REFERENCE_LOGPS_KEY], _reference_of(initial, batch))
+        assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
 
 
 def test_bf16_snapshot_halves_host_memory_and_stays_close(tiny_policy, batch):
@@ -101,10 +101,10 @@ def test_bf16_snapshot_halves_host_memory_and_stays_close(tiny_policy, batch):
         for param in tiny_policy.parameters():
             param.add_(0.1)
     with half.reference(tiny_policy), torch.no_grad():
-        rounded = _reference_of(tiny_policy, batch)
-    expected = _reference_of(copy.deepcopy(tiny_policy), batch)
+        rounded = reference_logps(tiny_policy, batch)
+    expected = reference_logps(copy.deepcopy(tiny_policy), batch)
     with exact.reference(tiny_policy):
-        expected = _reference_of(tiny_policy, batch)
+        expected = reference_logps(tiny_policy, batch)
     assert not torch.equal(rounded, expected)  # bf16 rounds the weights...
     assert torch.allclose(rounded, expected, rtol=2e-2)  # ...by little
 

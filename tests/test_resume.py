@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from lightning_dpo.data import build_char_tokenizer
-from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import build_policy
+from tests.conftest import reference_logps
 from tests.scripts.train_steps import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,14 +45,6 @@ def test_resumed_process_keeps_initial_reference_and_loss_curve(tmp_path):
     )
     # (a) the reference is bitwise the initial model, not the resumed weights.
     torch.manual_seed(0)
-    initial = build_policy(build_char_tokenizer(), tiny=TINY).eval()
+    initial = build_policy(build_char_tokenizer(), tiny=TINY)
     for batch in resumed_run["batches"]:
-        with torch.no_grad():
-            expected = sequence_logps(
-                initial,
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["loss_mask"],
-                chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
-            ).sums
-        assert torch.equal(batch["reference_logps"], expected)
+        assert torch.equal(batch["reference_logps"], reference_logps(initial, batch))

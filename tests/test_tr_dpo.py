@@ -11,8 +11,8 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import HostSnapshotReference
-from tests.conftest import small_datamodule
-from tests.test_callback import RecordBatches, _module, _reference_of, _trainer
+from tests.conftest import reference_logps, small_datamodule
+from tests.test_callback import RecordBatches, _module, _trainer
 
 
 class KeepPolicyAt(pl.Callback):
@@ -35,12 +35,12 @@ def test_hard_sync_makes_the_reference_the_policy_of_that_step(tmp_path, tiny_po
     batches = recorder.batches
     for step in (0, 1):
         assert torch.equal(
-            batches[step][REFERENCE_LOGPS_KEY], _reference_of(initial, batches[step])
+            batches[step][REFERENCE_LOGPS_KEY], reference_logps(initial, batches[step])
         )
     for step in (2, 3):  # synced after the 2nd optimizer step
-        expected = _reference_of(keeper.policies[2], batches[step])
+        expected = reference_logps(keeper.policies[2], batches[step])
         assert torch.equal(batches[step][REFERENCE_LOGPS_KEY], expected)
-    expected = _reference_of(keeper.policies[4], batches[4])  # and again after the 4th
+    expected = reference_logps(keeper.policies[4], batches[4])  # and again after the 4th
     assert torch.equal(batches[4][REFERENCE_LOGPS_KEY], expected)
 
 
@@ -66,9 +66,9 @@ def test_lora_tr_dpo_keeps_a_frozen_adapter_copy_starting_at_the_base(
     assert isinstance(reference.strategy, HostSnapshotReference)
     assert all("lora_" in name for name in reference.strategy.snapshot)
     first = recorder.batches[0]
-    assert torch.equal(first[REFERENCE_LOGPS_KEY], _reference_of(base, first))
+    assert torch.equal(first[REFERENCE_LOGPS_KEY], reference_logps(base, first))
     later = recorder.batches[2]
-    assert not torch.equal(later[REFERENCE_LOGPS_KEY], _reference_of(base, later))
+    assert not torch.equal(later[REFERENCE_LOGPS_KEY], reference_logps(base, later))
 
 
 @pytest.mark.parametrize(
