@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from typing_extensions import override
 
+from lightning_dpo.data.windows import WINDOW_KEY, WindowSlot
 from lightning_dpo.reference import (
-    AdapterDisabledReference,
     HostSnapshotReference,
     ReferenceStrategy,
     SwapMode,
     reference_context,
-    snapshot_fingerprint,
 )
-from lightning_dpo.reference_cache import (
-    CachedReference,
-    build_cached_reference,
-    load_cached_reference,
+from lightning_dpo.reference_cache import CachedReference, build_cached_reference
+from lightning_dpo.reference_setup import (
+    build_reference,
+    reference_state,
+    resolve_mode,
+    strategy_from_state,
 )
 from lightning_dpo.strategies import check_supported_strategy
 
@@ -32,27 +33,6 @@ REFERENCE_LOGPS_KEY = "reference_logps"
 ReferenceMode = Literal["auto", "snapshot", "disable_adapters"]
 _MODES = ("auto", "snapshot", "disable_adapters")
 _SNAPSHOT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def is_peft_model(model: Any) -> bool:
-    """Whether ``model`` is a peft model whose adapters can be disabled."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
-def has_trained_adapter(model: nn.Module) -> bool:
-    """Whether a peft model's LoRA adapters are away from their zero init (``B != 0``).
-
-    peft initialises ``lora_B`` to zeros, so a fresh adapter is the identity on the
-    base model; any non-zero ``lora_B`` means the adapter was loaded or trained.
-    """
-    return any(
-        "lora_B" in name and bool(param.detach().ne(0).any())
-        for name, param in model.named_parameters()
-    )
 
 
 class ReferenceSwapCallback(Callback):
@@ -77,6 +57,13 @@ class ReferenceSwapCallback(Callback):
     - ``"auto"``: a peft policy whose adapter is fresh (``lora_B`` all zero) gets
       ``"disable_adapters"``; one that starts from a trained adapter gets
       ``"snapshot"`` (reference = base + that adapter); any other model ``"snapshot"``.
+
+    Gradient accumulation: when the training batches come from a
+    :class:`~lightning_dpo.data.windows.WindowedDataLoader` (``PreferenceDataModule`` uses
+    one when ``accumulate_grad_batches > 1``), the first micro-batch of each optimizer step
+    brings the step's other micro-batches along, and their reference log-probs are all
+    computed inside one swap, one micro-batch forward at a time; the later micro-batches
+    then only pick theirs up. Other batches get one swap each.
 
     Checkpoints: the callback state records the mode chosen and, in snapshot mode, the
     reference weights and their SHA-256 (one extra copy of the *trainable* parameters in
@@ -145,7 +132,11 @@ class ReferenceSwapCallback(Callback):
         self.snapshot_dtype = snapshot_dtype
         self.swap_mode = swap_mode
         self.strategy: ReferenceStrategy | None = None
+        #: Reference brackets (swaps in and out) run so far, the cache pass excluded.
+        self.brackets = 0
+        self._reference_version = 0
         self._restored_state: dict[str, Any] | None = None
+        self._warned_unwindowed = False
 
     @property
     def cache_hits(self) -> int:
@@ -188,7 +179,7 @@ class ReferenceSwapCallback(Callback):
 
             def forward(batch: dict[str, Any]) -> Any:
                 batch = trainer.strategy.batch_to_device(batch)
-                return self._reference_logps(trainer, pl_module, batch, strategy=None)
+                return self._reference_logps(trainer, pl_module, [batch], strategy=None)[0]
 
             self.strategy = build_cached_reference(trainer, pl_module, self.cache_dir, forward)
         else:
@@ -226,6 +217,7 @@ class ReferenceSwapCallback(Callback):
         assert isinstance(self.strategy, HostSnapshotReference)
         self.strategy.update(pl_module.policy, self.sync_alpha)
         self._last_sync_step = step
+        self._reference_version += 1
 
     @override
     def on_validation_batch_start(
@@ -250,18 +242,7 @@ class ReferenceSwapCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The resolved mode and, in snapshot mode, the reference weights and their hash."""
-        if self.strategy is None:
-            return {}
-        if isinstance(self.strategy, CachedReference):
-            return {"reference": "cache", "cache_keys": dict(self.strategy.keys)}
-        if isinstance(self.strategy, HostSnapshotReference):
-            return {
-                "reference": "snapshot",
-                "reference_snapshot": self.strategy.state_dict(),
-                "fingerprint": self.strategy.fingerprint,
-                "last_sync_step": self._last_sync_step,
-            }
-        return {"reference": "disable_adapters"}
+        return reference_state(self.strategy, self._last_sync_step)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -271,6 +252,7 @@ class ReferenceSwapCallback(Callback):
     def _attach_reference_logps(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, split: str
     ) -> None:
+        slot = batch.pop(WINDOW_KEY, None) if isinstance(batch, dict) else None
         if getattr(getattr(pl_module, "loss", None), "reference_free", False):
             return  # the loss compares against zeros: no reference forward at all
         if self.strategy is None:
@@ -280,82 +262,92 @@ class ReferenceSwapCallback(Callback):
                 raise KeyError("the reference cache needs `pair_index` in every batch")
             batch[REFERENCE_LOGPS_KEY] = self.strategy.lookup(split, batch["pair_index"])
             return
-        batch[REFERENCE_LOGPS_KEY] = self._reference_logps(trainer, pl_module, batch, self.strategy)
+        if isinstance(slot, WindowSlot):
+            batch[REFERENCE_LOGPS_KEY] = self._window_reference_logps(
+                trainer, pl_module, batch, slot
+            )
+            return
+        if split == "train":
+            self._warn_unwindowed(trainer)
+        batch[REFERENCE_LOGPS_KEY] = self._reference_logps(
+            trainer, pl_module, [batch], self.strategy
+        )[0]
 
-    @staticmethod
+    def _window_reference_logps(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, slot: WindowSlot
+    ) -> Any:
+        """This micro-batch's reference log-probs, computing its window's in one bracket.
+
+        The first micro-batch of a window to arrive (or the first after a TR-DPO update)
+        computes its own and every later micro-batch's log-probs; the others pick theirs
+        up. Consumed entries are dropped, so the window holds nothing once done.
+        """
+        window, position = slot.window, slot.position
+        stale = window.reference_version != self._reference_version
+        if stale or window.reference_logps[position] is None:
+
+            def device_batches() -> Iterable[Any]:
+                yield batch
+                for later in window.batches[position + 1 :]:
+                    yield trainer.strategy.batch_to_device(later)
+
+            window.reference_logps[position:] = self._reference_logps(
+                trainer, pl_module, device_batches(), self.strategy
+            )
+            window.reference_version = self._reference_version
+        logps = window.reference_logps[position]
+        window.reference_logps[position] = window.batches[position] = None
+        return logps
+
+    def _warn_unwindowed(self, trainer: pl.Trainer) -> None:
+        if trainer.accumulate_grad_batches > 1 and not self._warned_unwindowed:
+            self._warned_unwindowed = True
+            rank_zero_info(
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches}, but the training "
+                "batches come one at a time: one reference swap per micro-batch. "
+                "PreferenceDataModule(reference_windows=True) (or a WindowedDataLoader) "
+                "gives one swap per optimizer step."
+            )
+
     def _reference_logps(
+        self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        batch: Any,
+        batches: Iterable[Any],
         strategy: ReferenceStrategy | None,
-    ) -> Any:
-        """``[2B]`` reference log-probs of a device batch (``strategy=None``: no swap)."""
+    ) -> list[Any]:
+        """``[2B]`` reference log-probs of each device batch, all inside one bracket.
+
+        ``strategy=None``: the live model is the reference, nothing is swapped. The
+        batches are drawn one at a time inside the bracket, so only one batch's forward
+        is alive at once.
+        """
         with (
             trainer.precision_plugin.forward_context(),
             reference_context(strategy, pl_module.policy),
         ):
-            return pl_module.sequence_logps(batch).sums.detach()
-
-    def _resolved_mode(self, policy: nn.Module) -> str:
-        if self.mode != "auto":
-            return self.mode
-        if self.sync_every is not None:
-            return "snapshot"
-        if is_peft_model(policy) and not has_trained_adapter(policy):
-            return "disable_adapters"
-        return "snapshot"
+            logps = [pl_module.sequence_logps(batch).sums.detach() for batch in batches]
+        self.brackets += strategy is not None
+        return logps
 
     def _build_strategy(self, pl_module: pl.LightningModule) -> ReferenceStrategy:
         policy = pl_module.policy
-        if self._resolved_mode(policy) == "disable_adapters":
-            if not is_peft_model(policy):
-                raise TypeError("mode='disable_adapters' needs a peft policy (model=lora)")
-            if has_trained_adapter(policy):
-                rank_zero_info(
-                    "Reference policy: the bare base model, although the adapter is not at "
-                    "its initialisation (mode='disable_adapters' was chosen explicitly)."
-                )
-            else:
-                rank_zero_info("Reference policy: the base model, with the adapters disabled.")
-            return AdapterDisabledReference()
-        strategy = HostSnapshotReference.capture(
-            policy, _SNAPSHOT_DTYPES[self.snapshot_dtype], self.swap_mode
-        )
-        what = "the trained adapter" if is_peft_model(policy) else "the trainable weights"
-        rank_zero_info(
-            f"Reference policy: host snapshot of {what}, {len(strategy.snapshot)} tensors "
-            f"({strategy.nbytes / 2**20:.2f} MiB per rank"
-            f"{', pinned' if strategy.pin_memory else ''})."
-        )
-        return strategy
+        mode = resolve_mode(self.mode, policy, moving_reference=self.sync_every is not None)
+        dtype = _SNAPSHOT_DTYPES[self.snapshot_dtype]
+        return build_reference(policy, mode, dtype, self.swap_mode)
 
     def _strategy_from_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> ReferenceStrategy:
         state, self._restored_state = self._restored_state, None
-        if not state:
-            raise RuntimeError(
-                f"Resuming from {trainer.ckpt_path!r}, but the checkpoint holds no "
-                f"ReferenceSwapCallback(mode={self.mode!r}) state: the live weights are the "
-                "trained policy, not the reference, so training cannot continue correctly. "
-                "Resume from a checkpoint written with the same ReferenceSwapCallback mode."
-            )
-        if state["reference"] == "cache":
-            if self.cache_dir is None:
-                raise RuntimeError("the checkpoint used a reference cache: set cache_dir to resume")
-            return load_cached_reference(self.cache_dir, state["cache_keys"])
-        if state["reference"] == "disable_adapters":
-            rank_zero_info("Reference policy (from checkpoint): base model, adapters disabled.")
-            return AdapterDisabledReference()
-        self._last_sync_step = state.get("last_sync_step", 0)
-        snapshot = state["reference_snapshot"]
-        if snapshot_fingerprint(snapshot) != state["fingerprint"]:
-            raise RuntimeError(
-                f"the reference snapshot in {trainer.ckpt_path!r} does not match its "
-                "SHA-256 fingerprint: the checkpoint is corrupt"
-            )
-        pin = any(param.is_cuda for param in pl_module.policy.parameters())
-        strategy = HostSnapshotReference(snapshot, pin_memory=pin, swap_mode=self.swap_mode)
-        strategy.check_compatible(pl_module.policy)
-        rank_zero_info("Reference policy: host snapshot restored from the checkpoint.")
+        strategy = strategy_from_state(
+            state,
+            pl_module.policy,
+            ckpt_path=trainer.ckpt_path,
+            mode=self.mode,
+            swap_mode=self.swap_mode,
+            cache_dir=self.cache_dir,
+        )
+        if isinstance(strategy, HostSnapshotReference):
+            self._last_sync_step = state.get("last_sync_step", 0)
         return strategy

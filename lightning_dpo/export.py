@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_dpo.callbacks import ReferenceSwapCallback, is_peft_model
+from lightning_dpo.callbacks import ReferenceSwapCallback
+from lightning_dpo.policy import is_peft_model
 
 BASE_MODEL_SUBDIR = "base_model"
 """Where an adapter export keeps its base model when the base is not on disk already."""

@@ -25,6 +25,27 @@ TINY_LLAMA = {
 """Default shape of the randomly initialised model used when no checkpoint is named."""
 
 
+def is_peft_model(model: Any) -> bool:
+    """Whether ``model`` is a peft model whose adapters can be disabled."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def has_trained_adapter(model: nn.Module) -> bool:
+    """Whether a peft model's LoRA adapters are away from their zero init (``B != 0``).
+
+    peft initialises ``lora_B`` to zeros, so a fresh adapter is the identity on the
+    base model; any non-zero ``lora_B`` means the adapter was loaded or trained.
+    """
+    return any(
+        "lora_B" in name and bool(param.detach().ne(0).any())
+        for name, param in model.named_parameters()
+    )
+
+
 def build_tiny_llama(tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> LlamaForCausalLM:
     """A small randomly initialised Llama sized to ``tokenizer`` (no download).
 

@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "distributed" / "run_reference.py"
 
 
-def _run(strategy: str, out_dir: Path) -> list[dict]:
+def _run(strategy: str, out_dir: Path, accumulate: int = 1) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), strategy, str(out_dir)],
+        [sys.executable, str(SCRIPT), strategy, str(out_dir), str(accumulate)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -45,6 +45,7 @@ def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
     initial = _initial_policy()
     for rank in ranks:
         assert len(rank["batches"]) == 4
+        assert rank["brackets"] == 4
         for batch in rank["batches"]:
             expected = reference_logps(initial, batch)
             assert torch.equal(batch[rank["key"]], expected)
@@ -59,3 +60,25 @@ def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
         unsharded = sum(p.numel() * 4 for p in initial.parameters())
         assert total == unsharded
         assert max(r["snapshot_bytes"] for r in ranks) <= 0.6 * unsharded
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_accumulation_swaps_once_per_optimizer_step_on_every_rank(tmp_path, strategy):
+    """accumulate_grad_batches=3: one bracket per optimizer step on every rank.
+
+    The distributed sampler still splits the data between ranks, each rank runs one
+    bracket per optimizer step (FSDP2's forwards gather shards: the ranks' bracket
+    sequences must match), and every micro-batch gets the reference.
+    """
+    ranks = _run(strategy, tmp_path, accumulate=3)
+    initial = _initial_policy()
+    for rank in ranks:
+        # 32 pairs per rank in batches of 4: 8 micro-batches per epoch, stepped 3 + 3 + 2;
+        # the 4th step takes 3 micro-batches of the second epoch.
+        assert len(rank["batches"]) == 8 + 3
+        assert rank["brackets"] == 4
+        for batch in rank["batches"]:
+            assert torch.equal(batch[rank["key"]], reference_logps(initial, batch))
+    first = [b["pair_index"] for b in ranks[0]["batches"][:8]]
+    second = [b["pair_index"] for b in ranks[1]["batches"][:8]]
+    assert not set(torch.cat(first).tolist()) & set(torch.cat(second).tolist())

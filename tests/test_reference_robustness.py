@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY, has_trained_adapter
-from lightning_dpo.policy import build_policy
+from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.policy import build_policy, has_trained_adapter
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
 from lightning_dpo.strategies import check_supported_strategy
 from tests.conftest import reference_logps, small_datamodule

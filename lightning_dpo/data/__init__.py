@@ -13,6 +13,7 @@ from lightning_dpo.data.splits import split_by_prompt
 from lightning_dpo.data.tokenization import TokenizedPair, tokenize_record, tokenize_records
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport
+from lightning_dpo.data.windows import WindowedDataLoader
 
 __all__ = [
     "DataValidationError",
@@ -22,6 +23,7 @@ __all__ = [
     "RewardDefaults",
     "SkipReport",
     "TokenizedPair",
+    "WindowedDataLoader",
     "build_char_tokenizer",
     "collate_pairs",
     "generate_sort_splits",

@@ -28,6 +28,7 @@ from lightning_dpo.data.tokenization import (
 )
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport, announce, apply_policy, check_on_invalid
+from lightning_dpo.data.windows import WindowedDataLoader
 
 _PAIR_FIELDS = frozenset(f.name for f in dataclass_fields(TokenizedPair))
 
@@ -81,6 +82,10 @@ class PreferenceDataModule(L.LightningDataModule):
         on_invalid: ``"error"`` (refuse the data, naming every bad record) or ``"skip"``
             (drop bad records; a count per reason is printed and logged, see ``skipped``).
         cache_dir: Folder where token ids are cached across runs, or ``None``.
+        reference_windows: When the Trainer accumulates gradients over ``k`` batches,
+            collate the training batches ``k`` at a time (:class:`WindowedDataLoader`:
+            the same batches, in the same order), so that ``ReferenceSwapCallback``
+            computes the reference log-probs of a whole optimizer step in one swap.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class PreferenceDataModule(L.LightningDataModule):
         default_rejected_reward: float | None = None,
         on_invalid: str = "error",
         cache_dir: str | None = None,
+        reference_windows: bool = True,
     ) -> None:
         super().__init__()
         train_file = _resolve_train_file(train_file, path, require_file)
@@ -221,21 +227,25 @@ class PreferenceDataModule(L.LightningDataModule):
         assert self.train_pairs is not None and self.val_pairs is not None
         return self.train_pairs, self.val_pairs
 
-    def _loader(self, pairs: list[TokenizedPair], shuffle: bool) -> DataLoader:
-        """A DataLoader over ``pairs`` with :func:`collate_pairs`."""
+    def _loader(self, pairs: list[TokenizedPair], shuffle: bool, window: int = 1) -> DataLoader:
+        """A DataLoader over ``pairs`` with :func:`collate_pairs`, windowed when ``window > 1``."""
         workers = self.hparams.num_workers
-        return DataLoader(
-            pairs,
-            batch_size=self.hparams.batch_size,
-            sampler=EpochShuffleSampler(len(pairs), self.hparams.seed) if shuffle else None,
-            collate_fn=partial(collate_pairs, pad_token_id=self.tokenizer.pad_token_id),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
+        options = {
+            "sampler": EpochShuffleSampler(len(pairs), self.hparams.seed) if shuffle else None,
+            "collate_fn": partial(collate_pairs, pad_token_id=self.tokenizer.pad_token_id),
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+        }
+        if window > 1:
+            return WindowedDataLoader(pairs, self.hparams.batch_size, window, **options)
+        return DataLoader(pairs, batch_size=self.hparams.batch_size, **options)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training batches."""
-        return self._loader(self._pairs()[0], shuffle=True)
+        """Shuffled (seeded) training batches, in optimizer-step windows (``reference_windows``)."""
+        window = 1
+        if self.hparams.reference_windows and self.trainer is not None:
+            window = self.trainer.accumulate_grad_batches
+        return self._loader(self._pairs()[0], shuffle=True, window=window)
 
     def ordered_dataloader(self, split: str) -> DataLoader:
         """Batches of ``split`` (``"train"`` or ``"val"``) in dataset order, unshuffled.

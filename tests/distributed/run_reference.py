@@ -1,9 +1,10 @@
 """Two-process CPU (gloo) run of ReferenceSwapCallback under DDP or FSDP2.
 
 Launched by tests/test_distributed.py as ``python tests/distributed/run_reference.py
-STRATEGY OUT_DIR``; Lightning starts the second rank by re-running this command. Each
-rank writes ``OUT_DIR/rank{r}.pt`` with its batches, their reference log-probs, the
-snapshot's fingerprint and bytes, and its peak RSS.
+STRATEGY OUT_DIR [ACCUMULATE]``; Lightning starts the second rank by re-running this
+command. Each rank writes ``OUT_DIR/rank{r}.pt`` with its batches, their reference
+log-probs, the snapshot's fingerprint and bytes, the number of reference brackets and its
+peak RSS.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Record(pl.Callback):
         self.batches.append({k: v.detach().cpu().clone() for k, v in batch.items()})
 
 
-def main(strategy_name: str, out_dir: Path) -> None:
-    """Train 4 steps on 2 CPU processes and save what each rank saw."""
+def main(strategy_name: str, out_dir: Path, accumulate: int = 1) -> None:
+    """Train 4 optimizer steps on 2 CPU processes and save what each rank saw."""
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4)
     torch.manual_seed(0)
     policy = build_policy(datamodule.tokenizer, tiny=TINY)
@@ -57,6 +58,7 @@ def main(strategy_name: str, out_dir: Path) -> None:
         devices=2,
         strategy=strategy,
         max_steps=4,
+        accumulate_grad_batches=accumulate,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -73,6 +75,7 @@ def main(strategy_name: str, out_dir: Path) -> None:
             "fingerprint": snapshot_fingerprint(snapshot),
             "snapshot_bytes": reference.strategy.nbytes,
             "snapshot_shapes": {k: tuple(v.shape) for k, v in snapshot.items()},
+            "brackets": reference.brackets,
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "key": REFERENCE_LOGPS_KEY,
         },
@@ -81,4 +84,4 @@ def main(strategy_name: str, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), *(int(arg) for arg in sys.argv[3:]))
