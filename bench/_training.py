@@ -1,4 +1,4 @@
-"""Shared training set-up of the memory and throughput benchmarks.
+"""Shared training set-up of the memory, throughput and accumulation benchmarks.
 
 Each *configuration* is one way to get the reference log-probs in a real Lightning
 ``fit`` of :class:`~lightning_dpo.PreferenceModule` (DPO, AdamW, fp32):
@@ -81,13 +81,28 @@ def write_pairs(path: Path, pairs: int, length: int, seed: int = 0) -> None:
 
 
 def build_datamodule(
-    directory: Path, pairs: int, batch_size: int, length: int
+    directory: Path, pairs: int, batch_size: int, length: int, reference_windows: bool = True
 ) -> PreferenceDataModule:
-    """The data module over freshly written random pairs (character tokenizer)."""
+    """The data module over freshly written random pairs (character tokenizer).
+
+    Args:
+        directory: Where the pairs file is written.
+        pairs: Pairs written (the validation split takes a tenth).
+        batch_size: Pairs per (micro-)batch.
+        length: Tokens per row.
+        reference_windows: ``PreferenceDataModule(reference_windows=...)``: under
+            gradient accumulation, collate each optimizer step's micro-batches together so
+            the reference is swapped in once per step (only matters with
+            ``accumulate_grad_batches > 1``).
+    """
     file = directory / "pairs.jsonl"
     write_pairs(file, pairs, length)
     datamodule = PreferenceDataModule(
-        train_file=str(file), val_fraction=0.1, batch_size=batch_size, max_length=length
+        train_file=str(file),
+        val_fraction=0.1,
+        batch_size=batch_size,
+        max_length=length,
+        reference_windows=reference_windows,
     )
     datamodule.setup()
     return datamodule
@@ -160,6 +175,44 @@ class StepTimer(Callback):
         self._last, self._seen = now, self._seen + 1
 
 
+class OptimizerStepTimer(Callback):
+    """Wall time per optimizer step, between training-batch ends at which a step was taken.
+
+    Under gradient accumulation one optimizer step spans ``accumulate_grad_batches``
+    micro-batches, and where the reference of all of them is computed at the first one,
+    batch-to-batch intervals are uneven; the time from one step's last micro-batch end to
+    the next's is the whole step (data, reference, forwards and backwards, optimizer).
+    The first step of each fit (from ``on_fit_start``; the optimizer allocates its state
+    there) is not counted. Put it first in the callback list.
+    """
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self._last: float | None = None
+        self._step = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget the previous fit's clock."""
+        self._last, self._step = None, trainer.global_step
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Record the time since the previous optimizer step, if this batch ended one."""
+        if trainer.global_step == self._step:
+            return
+        synchronize(pl_module.device)
+        now = time.perf_counter()
+        if self._last is not None:
+            self.intervals.append(now - self._last)
+        self._last, self._step = now, trainer.global_step
+
+
 def reference_callback(name: str, cache_dir: Path | None) -> Callback:
     """The callback that gives each batch its reference log-probs in configuration ``name``.
 
@@ -195,10 +248,16 @@ def build_module(name: str, size: str) -> PreferenceModule:
     )
 
 
-def build_trainer(max_steps: int, callbacks: list[Callback], accelerator: str) -> pl.Trainer:
-    """A bare Trainer: no logger, checkpoints, progress bar or validation."""
+def build_trainer(
+    max_steps: int, callbacks: list[Callback], accelerator: str, accumulate_grad_batches: int = 1
+) -> pl.Trainer:
+    """A bare Trainer: no logger, checkpoints, progress bar or validation.
+
+    ``max_steps`` counts optimizer steps, each of ``accumulate_grad_batches`` batches.
+    """
     return pl.Trainer(
         max_steps=max_steps,
+        accumulate_grad_batches=accumulate_grad_batches,
         accelerator=accelerator,
         devices=1,
         callbacks=callbacks,

@@ -95,6 +95,28 @@ def test_throughput_quick_has_every_configuration(bench, capsys):
     assert ceiling[3] == "1.00"
 
 
+def test_accumulation_quick_runs_one_bracket_per_optimizer_step(bench, capsys):
+    accumulation = bench("bench_accumulation")
+    accumulation.main(["--quick", "--accumulate", "3"])
+    output = capsys.readouterr().out
+    rows = table_rows(output)
+    configurations = accumulation.CONFIGURATIONS
+    assert [row[1] for row in rows] == [configuration.name for configuration in configurations]
+    for row, configuration in zip(rows, configurations, strict=True):
+        if row[2] == accumulation.NOT_ON_CUDA:
+            continue
+        assert float(row[2]) == configuration.expected_brackets(3), row
+        for cell in row[3:6]:
+            positive(cell)
+        if not configuration.windows and configuration.name != accumulation.REFERENCE_FREE:
+            assert row[6] == "1.00", row
+    brackets = {row[1]: row[2] for row in rows}
+    assert brackets["swap (copy), per micro-batch"] == "3.00"
+    assert brackets["swap (copy), per optimizer step"] == "1.00"
+    assert rows[-1][1] == accumulation.REFERENCE_FREE and rows[-1][5] == "1.00"
+    assert "bitwise equal in all" in output
+
+
 def test_memory_quick_runs_each_configuration_in_its_own_process():
     result = subprocess.run(
         [sys.executable, str(BENCH_DIR / "bench_memory.py"), "--quick"],
