@@ -253,6 +253,8 @@ class ReferenceSwapCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, split: str
     ) -> None:
         slot = batch.pop(WINDOW_KEY, None) if isinstance(batch, dict) else None
+        if isinstance(slot, WindowSlot):  # consumed: drop the window's hold on this batch
+            slot.window.batches[slot.position] = None
         if getattr(getattr(pl_module, "loss", None), "reference_free", False):
             return  # the loss compares against zeros: no reference forward at all
         if self.strategy is None:
@@ -296,7 +298,7 @@ class ReferenceSwapCallback(Callback):
             )
             window.reference_version = self._reference_version
         logps = window.reference_logps[position]
-        window.reference_logps[position] = window.batches[position] = None
+        window.reference_logps[position] = None
         return logps
 
     def _warn_unwindowed(self, trainer: pl.Trainer) -> None:

@@ -211,3 +211,28 @@ def test_config_accumulation_swaps_once_per_optimizer_step(tmp_path):
     # 2 batches, one bracket each.
     assert trainer.num_val_batches[0] == 2
     assert reference.brackets == 4 + 4 * 2
+
+
+class GrabSlots(Callback):
+    """Keeps the window slots the batches arrive with (placed before the reference)."""
+
+    def __init__(self) -> None:
+        self.slots: list[WindowSlot] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
+        self.slots.append(batch[WINDOW_KEY])
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, tokenizer, cache):
+    """Each window lets go of every micro-batch and log-prob it handed out."""
+    grab = GrabSlots()
+    reference = ReferenceSwapCallback(cache_dir=str(tmp_path / "cache") if cache else None)
+    trainer = _trainer(tmp_path, [grab, reference], max_steps=3, accumulate_grad_batches=3)
+    trainer.fit(_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
+    assert len(grab.slots) == 8
+    windows = {id(slot.window): slot.window for slot in grab.slots}.values()
+    assert len(windows) == 3
+    for window in windows:
+        assert window.batches == [None] * len(window.batches)
+        assert window.reference_logps == [None] * len(window.batches)
