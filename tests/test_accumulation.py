@@ -161,12 +161,16 @@ def test_windows_that_straddle_a_reference_update_are_recomputed(tmp_path, tiny_
 
 
 def test_windows_cross_worker_processes(tmp_path, tiny_policy, tokenizer):
-    """With a worker process the windows are collated there and pickled whole."""
+    """With a (persistent) worker process the windows are collated there and pickled whole.
+
+    8 micro-batches per epoch, 2 per step: 6 steps run into a second epoch of the worker.
+    """
     module = _module(copy.deepcopy(tiny_policy))
     reference, record = ReferenceSwapCallback(), RecordReference()
-    trainer = _trainer(tmp_path, [reference, record], max_steps=2, accumulate_grad_batches=2)
+    trainer = _trainer(tmp_path, [reference, record], max_steps=6, accumulate_grad_batches=2)
     trainer.fit(module, datamodule=small_datamodule(tokenizer, num_workers=1))
-    assert reference.brackets == 2
+    assert reference.brackets == 6
+    assert len(record.batches) == 12
     for batch in record.batches:
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(tiny_policy, batch))
 
