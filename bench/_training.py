@@ -22,6 +22,7 @@ memory and the logits their full width, as in a real LM.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import inspect
 import json
@@ -36,7 +37,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _models import build_llama, synchronize
+from _models import add_threads_argument, build_llama, parse_sizes, set_threads, synchronize
 from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
@@ -52,6 +53,34 @@ CACHE = "cache"
 REFERENCE_FREE = "reference-free"
 CONFIGURATIONS = (SWAP_COPY, SWAP_EXCHANGE, RESIDENT, LORA, CACHE, REFERENCE_FREE)
 NOT_AVAILABLE = "not measured: cache not available"
+
+
+def parse_round_arguments(
+    parser: argparse.ArgumentParser, batch_size: int, batch_help: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """Add the options of the interleaved-rounds benchmarks, parse, apply threads and --quick.
+
+    Options: ``--sizes``, ``--rounds``, ``--steps``, ``--length``, ``--batch-size``
+    (default ``batch_size``, described by ``batch_help``), ``--threads``, ``--quick``.
+
+    Returns:
+        The arguments and the model sizes to run (``["tiny"]`` with ``--quick``).
+    """
+    parser.add_argument("--sizes", default="1M,10M", help="comma-separated model sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
+    parser.add_argument("--length", type=int, default=64, help="tokens per row")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    add_threads_argument(parser)
+    parser.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke)")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    for name in ("rounds", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.quick:
+        args.rounds, args.steps = 1, 2
+    return args, ["tiny"] if args.quick else parse_sizes(args.sizes)
 
 
 def quiet() -> None:

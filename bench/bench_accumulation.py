@@ -60,12 +60,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from _models import (
-    add_threads_argument,
     machine_info,
     markdown_table,
     median,
-    parse_sizes,
-    set_threads,
     synchronize,
 )
 from _training import (
@@ -76,6 +73,7 @@ from _training import (
     build_datamodule,
     build_module,
     build_trainer,
+    parse_round_arguments,
     quiet,
     reference_callback,
 )
@@ -368,22 +366,10 @@ def size_rows(size: str, runs: dict[str, Run], args: argparse.Namespace) -> list
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run every size, check the brackets and log-probs, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1M,10M", help="comma-separated model sizes")
     parser.add_argument("--accumulate", type=int, default=4, help="accumulate_grad_batches")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per fit")
-    parser.add_argument("--length", type=int, default=64, help="tokens per row")
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per micro-batch")
-    add_threads_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    for name in ("accumulate", "rounds", "steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.quick:
-        args.rounds, args.steps = 1, 2
-    sizes = ["tiny"] if args.quick else parse_sizes(args.sizes)
+    args, sizes = parse_round_arguments(parser, 2, "pairs per micro-batch", argv)
+    if args.accumulate < 1:
+        raise ValueError(f"--accumulate must be >= 1, got {args.accumulate}")
     quiet()
     rows, compared = [], 0
     for size in sizes:

@@ -27,12 +27,9 @@ from pathlib import Path
 
 import torch
 from _models import (
-    add_threads_argument,
     machine_info,
     markdown_table,
     median,
-    parse_sizes,
-    set_threads,
 )
 from _training import (
     CACHE,
@@ -44,6 +41,7 @@ from _training import (
     build_module,
     build_trainer,
     cache_parameter,
+    parse_round_arguments,
     quiet,
     reference_callback,
 )
@@ -93,18 +91,7 @@ def size_rows(size: str, timers: dict[str, StepTimer], batch_size: int) -> list[
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run every size, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1M,10M", help="comma-separated model sizes")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
-    parser.add_argument("--length", type=int, default=64, help="tokens per row")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per batch")
-    add_threads_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke)")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    if args.quick:
-        args.rounds, args.steps = 1, 2
-    sizes = ["tiny"] if args.quick else parse_sizes(args.sizes)
+    args, sizes = parse_round_arguments(parser, 4, "pairs per batch", argv)
     quiet()
     rows = []
     for size in sizes:
