@@ -240,3 +240,26 @@ def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, to
     for window in windows:
         assert window.batches == [None] * len(window.batches)
         assert window.reference_logps == [None] * len(window.batches)
+
+
+def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(
+    tmp_path, tiny_policy, tokenizer
+):
+    """Checkpoint after 2 steps of 3 micro-batches, resume 2 more from a scrambled policy."""
+    trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2, accumulate_grad_batches=3)
+    trainer.fit(_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
+    checkpoint = tmp_path / "resume.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    fresh = copy.deepcopy(tiny_policy)
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.normal_()
+    reference, record = ReferenceSwapCallback(), RecordReference()
+    resumed = _trainer(tmp_path, [reference, record], max_steps=4, accumulate_grad_batches=3)
+    resumed.fit(_module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint)
+    assert resumed.global_step == 4
+    assert reference.brackets == 2
+    assert len(record.batches) == 2 + 3  # the rest of epoch 1 (2 micro-batches), one full step
+    for batch in record.batches:
+        assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(tiny_policy, batch))
