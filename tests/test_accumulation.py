@@ -23,18 +23,15 @@ from tests.conftest import (
     reference_logps,
     small_datamodule,
 )
-from tests.test_callback import _module, _trainer
+from tests.test_callback import RecordBatches, _module, _trainer
 
 
-class RecordReference(Callback):
-    """Keeps each training batch as the module sees it (after the reference callback)."""
-
-    def __init__(self) -> None:
-        self.batches: list[dict[str, torch.Tensor]] = []
+class RecordReference(RecordBatches):
+    """:class:`RecordBatches` that also checks the window slot was consumed before the module."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
         assert WINDOW_KEY not in batch, "the reference callback must consume the window slot"
-        self.batches.append({k: v.clone() for k, v in batch.items()})
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 def _pairs(tokenizer, count):
