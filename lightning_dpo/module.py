@@ -7,11 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.integrity import stamp_checkpoint, verify_checkpoint
 from lightning_dpo.logprobs import (
     DEFAULT_LOGPS_CHUNK_SIZE,
     SequenceLogps,
@@ -237,3 +239,22 @@ class PreferenceModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fingerprint every weight and optimizer tensor of the checkpoint (verified on load).
+
+        Sharded (FSDP2) checkpoints are not fingerprinted; that is said once.
+        """
+        if not stamp_checkpoint(checkpoint) and not getattr(self, "_said_unstamped", False):
+            self._said_unstamped = True
+            rank_zero_info("Sharded checkpoint: its tensors are saved without fingerprints.")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights or optimizer state differ from their fingerprints.
+
+        Raises:
+            RuntimeError: Naming the checkpoint and the first tensor that differs.
+        """
+        where = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        if not verify_checkpoint(checkpoint, str(where)):
+            rank_zero_warn(f"{where} carries no fingerprints: its tensors load unverified.")

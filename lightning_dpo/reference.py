@@ -8,13 +8,14 @@ every reference forward needs around it: ``torch.no_grad()`` and dropout off.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from lightning_dpo.integrity import tensors_fingerprint
 
 
 class ReferenceStrategy(Protocol):
@@ -79,20 +80,12 @@ def local_tensor(param: Tensor) -> Tensor:
 
 
 def snapshot_fingerprint(snapshot: Mapping[str, Tensor]) -> str:
-    """SHA-256 over names, shapes, dtypes and bytes of named tensors (order-independent).
+    """Fingerprint of named tensors (order-independent; :func:`tensors_fingerprint`).
 
     A sharded (DTensor) entry is hashed whole (``full_tensor``), so every rank of a
     sharded model gets the same fingerprint.
     """
-    digest = hashlib.sha256()
-    for name in sorted(snapshot):
-        tensor = snapshot[name].detach()
-        if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
-        tensor = tensor.cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_fingerprint(snapshot)
 
 
 class HostSnapshotReference:
@@ -248,7 +241,7 @@ class HostSnapshotReference:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the snapshot, computed once and again only after :meth:`update`."""
+        """Fingerprint of the snapshot, computed once and again only after :meth:`update`."""
         if self._fingerprint is None:
             self._fingerprint = snapshot_fingerprint(self.snapshot)
         return self._fingerprint

@@ -31,7 +31,7 @@ CACHE_VERSION = 1
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer of ``model`` (names, shapes, dtypes, bytes)."""
+    """Fingerprint of every parameter and buffer of ``model`` (names, shapes, dtypes, bytes)."""
     return snapshot_fingerprint(model.state_dict())
 
 

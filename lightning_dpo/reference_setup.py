@@ -3,7 +3,7 @@
 A fresh run chooses it from the policy (:func:`resolve_mode`, :func:`build_reference`).
 A resumed run must take it from the checkpoint, never from the resumed (trained)
 weights, so the callback state records which reference was used and, for a host
-snapshot, the reference weights themselves with their SHA-256 (:func:`reference_state`,
+snapshot, the reference weights themselves with their fingerprint (:func:`reference_state`,
 :func:`strategy_from_state`).
 """
 
@@ -140,7 +140,7 @@ def strategy_from_state(
     if snapshot_fingerprint(snapshot) != state["fingerprint"]:
         raise RuntimeError(
             f"the reference snapshot in {ckpt_path!r} does not match its "
-            "SHA-256 fingerprint: the checkpoint is corrupt"
+            "fingerprint: the checkpoint is corrupt"
         )
     pin = any(param.is_cuda for param in policy.parameters())
     strategy = HostSnapshotReference(snapshot, pin_memory=pin, swap_mode=swap_mode)

@@ -137,3 +137,13 @@ def test_memory_quick_runs_each_configuration_in_its_own_process():
     swap = next(row for row in rows if row[0] == "swap (exchange)")
     assert swap[3] == "1.00" and swap[4] == "1.00"
     assert re.search(r"Machine: torch \S+, \d+ intra-op threads", result.stdout)
+
+
+def test_checkpoint_integrity_quick_times_save_stamp_and_verify(bench, capsys):
+    bench("bench_checkpoint_integrity").main(["--quick"])
+    (row,) = table_rows(capsys.readouterr().out)
+    assert row[0] == "tiny"
+    for cell in row[1:4]:
+        positive(cell)
+    for cell in row[4:]:
+        positive(cell.split()[0])
