@@ -22,7 +22,8 @@ TINY_LLAMA = {
     "num_key_value_heads": 4,
     "max_position_embeddings": 256,
 }
-"""Default shape of the randomly initialised model used when no checkpoint is named."""
+"""Default shape of the randomly initialised model used when no checkpoint is named
+(``max_position_embeddings`` becomes the data's ``max_length`` when that is given)."""
 
 
 def is_peft_model(model: Any) -> bool:
@@ -79,6 +80,49 @@ def load_pretrained(path: str) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
 
 
+def context_length(model: nn.Module) -> int | None:
+    """Positions the model's config says it takes (``max_position_embeddings``), if it says.
+
+    GPT-2's ``n_positions`` is read through the same name (its config maps it).
+    """
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """Refuse a tokenizer whose ids do not all have a row in the model's embedding.
+
+    Raises:
+        ValueError: Naming both sizes (instead of an ``IndexError`` in the first forward).
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but {source} embeds only {rows}: "
+            "use the model's own tokenizer (data.tokenizer=<the model's directory>)"
+        )
+
+
+def check_context(model: nn.Module, max_length: int, source: str) -> None:
+    """Refuse a model whose context is shorter than the sequences the data gives it.
+
+    Args:
+        model: The causal LM.
+        max_length: The longest prompt + response the data gives (``data.max_length``).
+        source: What the model is, for the message (a directory, or the tiny model's field).
+
+    Raises:
+        ValueError: Naming both settings, instead of a bare ``IndexError`` in the first
+            forward of a model with absolute position embeddings (GPT-2).
+    """
+    positions = context_length(model)
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"data.max_length={max_length} is longer than the model's context: {source} has "
+            f"max_position_embeddings={positions}. Set data.max_length<={positions}, or use a "
+            "model with a longer context."
+        )
+
+
 def add_lora(
     model: nn.Module,
     r: int = 8,
@@ -126,17 +170,29 @@ def build_policy(
     tiny: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
     adapter: str | None = None,
+    max_length: int | None = None,
 ) -> nn.Module:
-    """Build the policy to train.
+    """Build the policy to train, in train mode.
+
+    ``from_pretrained`` returns a model in eval mode, and Lightning keeps the modes it
+    finds: without :meth:`~torch.nn.Module.train` here a real checkpoint would train with
+    its dropout silently off.
 
     Args:
-        tokenizer: The data's tokenizer (sizes the tiny model).
+        tokenizer: The data's tokenizer (sizes the tiny model's vocabulary).
         pretrained: Local directory of a Hugging Face causal LM; ``None`` builds the tiny
             random Llama instead.
         tiny: ``LlamaConfig`` overrides for the tiny model.
         lora: ``add_lora`` arguments for fresh adapters; ``None`` trains all parameters.
         adapter: Local directory of a trained peft adapter to continue training (the
             reference is then base + this adapter, frozen). Excludes ``lora``.
+        max_length: The longest prompt + response the data gives (``data.max_length``):
+            the tiny model gets this many positions unless ``tiny`` sets them, and a
+            model with fewer is refused (:func:`check_context`). ``None`` checks nothing.
+
+    Raises:
+        ValueError: ``lora`` and ``adapter`` both set, or a context shorter than
+            ``max_length``.
     """
     if lora is not None and adapter is not None:
         raise ValueError(
@@ -144,11 +200,17 @@ def build_policy(
             "other: set one of them to null"
         )
     if pretrained is not None:
-        model = load_pretrained(pretrained)
+        model, source = load_pretrained(pretrained), f"model.pretrained={pretrained!r}"
     else:
-        model = build_tiny_llama(tokenizer, **(tiny or {}))
+        tiny = {key: value for key, value in (tiny or {}).items() if value is not None}
+        if max_length is not None:
+            tiny.setdefault("max_position_embeddings", max_length)
+        model, source = build_tiny_llama(tokenizer, **tiny), "the tiny model (model.tiny)"
+    check_vocabulary(model, tokenizer, source)
+    if max_length is not None:
+        check_context(model, max_length, source)
     if lora is not None:
         model = add_lora(model, **lora)
     if adapter is not None:
         model = load_adapter(model, adapter)
-    return model
+    return model.train()

@@ -105,3 +105,65 @@ def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             batch["loss_mask"],
             chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
         ).sums
+
+
+TINY_CONFIGS = {
+    "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+    "llama": (
+        "LlamaConfig",
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+        },
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+        },
+    ),
+    "mistral": (
+        "MistralConfig",
+        {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+        },
+    ),
+}
+"""Tiny random configs of real architectures, for local checkpoints built in-process."""
+
+
+def save_local_checkpoint(path: Path, architecture: str, tokenizer, **overrides) -> Path:
+    """Save a tiny random ``architecture`` model and ``tokenizer`` with ``save_pretrained``.
+
+    What a user's local checkpoint directory looks like, without any download.
+    """
+    import transformers
+
+    config_name, fields = TINY_CONFIGS[architecture]
+    settings = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **fields,
+        **overrides,
+    }
+    config = getattr(transformers, config_name)(**settings)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
