@@ -2,33 +2,94 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_dpo.config_types import check_types
+from lightning_dpo.progress import progress_bar
 
-def instantiate_group(group: DictConfig | None) -> list[Any]:
+log = logging.getLogger(__name__)
+
+
+def build_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate ``cfg[key]`` after checking its values against its target's type hints."""
+    node = OmegaConf.select(cfg, key)
+    check_types(node, key)
+    return instantiate(node, **kwargs)
+
+
+def instantiate_group(cfg: DictConfig, key: str) -> list[Any]:
     """Instantiate each entry of a config group dict (``callbacks``, ``logger``)."""
+    group = cfg.get(key)
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if entry is not None]
+    return [build_node(cfg, f"{key}.{name}") for name, entry in group.items() if entry is not None]
+
+
+def without_lr_monitor(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks less ``LearningRateMonitor``, which refuses a run without a logger."""
+    kept = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("No logger (logger=none): the learning-rate monitor is left out.")
+    return kept
+
+
+def trainer_arguments(cfg: DictConfig, callbacks: list[Callback]) -> dict[str, Any]:
+    """What ``train.py`` adds to ``cfg.trainer``: callbacks, the progress bar, step units.
+
+    ``trainer.val_check_interval`` counts optimizer steps in this project's config;
+    Lightning counts training batches, so under ``accumulate_grad_batches=k`` an integer
+    interval is passed on multiplied by ``k``.
+    """
+    arguments: dict[str, Any] = {"callbacks": callbacks}
+    bar = progress_bar() if cfg.trainer.get("enable_progress_bar", True) else None
+    if bar is not None:
+        arguments["callbacks"] = [*callbacks, bar]
+    interval = cfg.trainer.get("val_check_interval")
+    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+    if isinstance(interval, int) and not isinstance(interval, bool) and accumulate > 1:
+        arguments["val_check_interval"] = interval * accumulate
+    return arguments
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate the datamodule, module and trainer of a run config."""
-    datamodule = instantiate(cfg.data)
-    policy = instantiate(cfg.model, tokenizer=datamodule.tokenizer)
-    module = instantiate(cfg.module, policy=policy, loss=instantiate(cfg.loss))
-    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
-    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule = build_node(cfg, "data")
+    policy = build_node(cfg, "model", tokenizer=datamodule.tokenizer)
+    module = build_node(cfg, "module", policy=policy, loss=build_node(cfg, "loss"))
+    callbacks: list[Callback] = instantiate_group(cfg, "callbacks")
+    loggers: list[Logger] = instantiate_group(cfg, "logger")
+    if not loggers:
+        callbacks = without_lr_monitor(callbacks)
+    arguments = trainer_arguments(cfg, callbacks)
+    trainer = build_node(cfg, "trainer", logger=loggers or False, **arguments)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module, trainer
+
+
+def route_lightning_logging() -> None:
+    """Send Lightning's log records to the handlers Hydra configured (console and ``train.log``).
+
+    Lightning, imported before Hydra sets up logging, gives its loggers a console handler
+    of their own and stops them propagating, so nothing of theirs (nor this package's
+    ``rank_zero_info`` messages) reached ``train.log``.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

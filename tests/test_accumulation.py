@@ -208,10 +208,10 @@ def test_config_accumulation_swaps_once_per_optimizer_step(tmp_path):
     reference = next(c for c in trainer.callbacks if isinstance(c, ReferenceSwapCallback))
     assert isinstance(trainer.train_dataloader, WindowedDataLoader)
     assert trainer.global_step == 4
-    # 8 micro-batches; val_check_interval=2 counts batches (Lightning): 4 validations of
-    # 2 batches, one bracket each.
+    # 8 micro-batches; val_check_interval=2 counts optimizer steps (train.py passes 4
+    # batches to Lightning): 2 validations of 2 batches, one bracket each.
     assert trainer.num_val_batches[0] == 2
-    assert reference.brackets == 4 + 4 * 2
+    assert reference.brackets == 4 + 2 * 2
 
 
 class GrabSlots(Callback):

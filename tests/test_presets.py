@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -9,8 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import OmegaConf
 
+from lightning_dpo.progress import StepBoundedRichProgressBar
 from lightning_dpo.strategies import check_supported_strategy
-from lightning_dpo.training import train
+from lightning_dpo.training import build, train
 from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -68,3 +71,37 @@ def test_slurm_launcher_preset_matches_tasks_to_devices():
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == 4
     assert launcher["partition"] == "gpu"
+
+
+def test_a_bare_run_needs_two_presets(tmp_path):
+    cfg = compose_train_config(tmp_path, ["callbacks=minimal", "logger=none", *FAST_OVERRIDES])
+    assert list(cfg.callbacks) == ["reference"]
+    datamodule, module, trainer = build(cfg)
+    assert [type(c).__name__ for c in trainer.callbacks if not _lightning_default(c)] == [
+        "ReferenceSwapCallback"
+    ]
+    assert trainer.loggers == []
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 4
+    # No log, export, plot or samples: only Lightning's own default checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+def test_no_logger_with_the_default_callbacks_drops_only_the_lr_monitor(tmp_path):
+    _, _, trainer = build(compose_train_config(tmp_path, ["logger=none", *FAST_OVERRIDES]))
+    names = {type(c).__name__ for c in trainer.callbacks}
+    assert "LearningRateMonitor" not in names
+    assert {"ReferenceSwapCallback", "LastStepCheckpoint", "HFExportCallback"} <= names
+
+
+def _lightning_default(callback) -> bool:
+    """Callbacks Lightning adds by itself (progress bar, model summary)."""
+    return type(callback).__module__.startswith("lightning.pytorch.callbacks")
+
+
+def test_the_progress_bar_names_max_steps_not_a_negative_epoch():
+    bar = StepBoundedRichProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=300)
+    assert bar._get_train_description(4).strip() == "Epoch 4 (max_steps=300)"
+    bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

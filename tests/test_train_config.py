@@ -103,6 +103,10 @@ def test_multirun_sweep_runs_every_job(tmp_path):
     for job in jobs:
         header = (job / "csv" / "metrics.csv").read_text().splitlines()[0]
         assert "val/rewards/accuracies" in header
+        # Lightning's and this package's messages reach Hydra's log file too.
+        log = (job / "train.log").read_text()
+        assert "Reference policy:" in log
+        assert "`Trainer.fit` stopped: `max_steps=2` reached." in log
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):

@@ -1,0 +1,97 @@
+"""Bad settings and bad data: one clear block naming the field, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Literal
+
+import pytest
+from hydra.errors import InstantiationException
+
+from lightning_dpo.config_types import accepts, expected
+from lightning_dpo.errors import ConfigError, describe
+from lightning_dpo.training import build
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+
+REPO = CONF_DIR.parent
+
+
+@pytest.mark.parametrize(
+    ("hint", "value", "ok"),
+    [
+        (int, 3, True),
+        (int, "abc", False),
+        (int, True, False),  # a boolean is not a count
+        (int, 2.5, False),
+        (float, 3, True),
+        (bool, 1, False),
+        (int | None, None, True),
+        (Literal["a", "b"], "c", False),
+        (Literal[16, 32] | str, "bf16-mixed", True),
+        (list[int] | int, "anything", True),  # hints other than plain ones are not judged
+    ],
+)
+def test_accepts_plain_hints(hint, value, ok):
+    assert accepts(hint, value) is ok
+
+
+def test_expected_says_what_fits_in_words():
+    assert expected(int | None) == "an integer or null"
+    assert (
+        expected(Literal[16, "bf16"] | Literal["32"] | None) == "one of [16, 'bf16', '32'] or null"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_steps=abc", "trainer.max_steps: expected an integer, got 'abc'"),
+        ("trainer.precision=17", "trainer.precision: expected one of [64, 32, 16, "),
+        ("data.batch_size=8.5", "data.batch_size: expected an integer, got 8.5"),
+        ("callbacks.model_checkpoint.save_last=maybe", "callbacks.model_checkpoint.save_last"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_before_anything_is_built(tmp_path, override, message):
+    cfg = compose_train_config(tmp_path, [*FAST_OVERRIDES, override])
+    with pytest.raises(ConfigError) as error:
+        build(cfg)
+    assert message in str(error.value)
+
+
+def test_describe_unwraps_what_hydra_was_building(tmp_path):
+    cfg = compose_train_config(tmp_path, [*FAST_OVERRIDES, "loss.beta=0"])
+    with pytest.raises(InstantiationException) as error:
+        build(cfg)
+    text = describe(error.value)
+    assert text.startswith("loss.beta must be a finite number > 0, got 0")
+    assert text.endswith("(building loss: lightning_dpo.losses.preference.PreferenceLoss)")
+
+
+def _run_train(tmp_path, *overrides: str, full_error: bool = False):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    command = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_train_py_shows_a_data_error_as_one_block_without_traceback(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": 5}\n')
+    result = _run_train(tmp_path, "data=jsonl", f"data.path={data}", *FAST_OVERRIDES)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"{data}:1: field 'rejected': expected a" in output
+    assert "Traceback" not in output
+    assert "set HYDRA_FULL_ERROR=1 for the traceback" in output
+    assert "field 'rejected'" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_hydra_full_error_still_gives_the_traceback(tmp_path):
+    result = _run_train(tmp_path, "trainer.max_steps=abc", full_error=True)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "trainer.max_steps: expected an integer, got 'abc'" in result.stderr
