@@ -66,7 +66,7 @@ class ReferenceSwapCallback(Callback):
     then only pick theirs up. Other batches get one swap each.
 
     Checkpoints: the callback state records the mode chosen and, in snapshot mode, the
-    reference weights and their SHA-256 (one extra copy of the *trainable* parameters in
+    reference weights and their fingerprint (one extra copy of the *trainable* parameters in
     the checkpoint; nothing for ``"disable_adapters"``). A resumed run takes its
     reference from there, never from the resumed (trained) weights; a checkpoint
     without that state, or whose snapshot does not fit the model, is refused.
@@ -184,6 +184,11 @@ class ReferenceSwapCallback(Callback):
             self.strategy = build_cached_reference(trainer, pl_module, self.cache_dir, forward)
         else:
             self.strategy = self._build_strategy(pl_module)
+        if self.sync_every is not None:
+            rank_zero_info(
+                f"TR-DPO: every {self.sync_every} optimizer steps the reference moves towards "
+                f"the policy, ref <- {1 - self.sync_alpha:g} ref + {self.sync_alpha:g} policy."
+            )
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -218,6 +223,7 @@ class ReferenceSwapCallback(Callback):
         self.strategy.update(pl_module.policy, self.sync_alpha)
         self._last_sync_step = step
         self._reference_version += 1
+        rank_zero_info(f"TR-DPO: reference updated after step {step}.")
 
     @override
     def on_validation_batch_start(

@@ -115,6 +115,32 @@ class HFExportCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Export the training weights (refusing if reference weights are swapped in)."""
         _require_training_weights(trainer)
+        self._export(trainer, pl_module)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Ctrl-C or a crash after at least one step: export the last completed step.
+
+        Only in a single process (gathering a sharded state dict while ranks are stopping
+        could hang), and only once the training weights are back in the policy (the
+        reference callback restores an in-flight swap in its own ``on_exception``).
+        """
+        if trainer.global_step == 0 or trainer.world_size > 1:
+            return
+        try:
+            _require_training_weights(trainer)
+        except RuntimeError as error:
+            rank_zero_info(f"No export after {type(exception).__name__}: {error}")
+            return
+        self._export(trainer, pl_module)
+        rank_zero_info(
+            f"{type(exception).__name__} at step {trainer.global_step}: the export holds "
+            f"the policy of step {trainer.global_step}"
+        )
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module_state = trainer.strategy.lightning_module_state_dict()
         if not trainer.is_global_zero:
             return

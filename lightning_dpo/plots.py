@@ -119,6 +119,17 @@ class TrainingPlotCallback(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the PNG."""
+        self._write(trainer, pl_module)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Ctrl-C or a crash: write the curves recorded so far."""
+        if self.history:
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             plot_training_curves(self.history, self.path, title=_title(pl_module))
             rank_zero_info(f"Training curves written to {self.path}")

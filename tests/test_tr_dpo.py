@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import lightning.pytorch as pl
 import pytest
@@ -44,12 +45,16 @@ def test_hard_sync_makes_the_reference_the_policy_of_that_step(tmp_path, tiny_po
     assert torch.equal(batches[4][REFERENCE_LOGPS_KEY], expected)
 
 
-def test_soft_sync_mixes_reference_and_policy(tmp_path, tiny_policy, tokenizer):
+def test_soft_sync_mixes_reference_and_policy(tmp_path, tiny_policy, tokenizer, caplog):
     initial = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
     keeper, reference = KeepPolicyAt(), ReferenceSwapCallback(sync_every=2, sync_alpha=0.25)
-    _trainer(tmp_path, [keeper, reference], max_steps=3).fit(
-        _module(tiny_policy), datamodule=small_datamodule(tokenizer)
-    )
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [keeper, reference], max_steps=3).fit(
+            _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+        )
+    assert "TR-DPO: every 2 optimizer steps the reference moves towards the policy" in caplog.text
+    assert "ref <- 0.75 ref + 0.25 policy" in caplog.text
+    assert caplog.text.count("TR-DPO: reference updated after step") == 1  # step 2 of 3
     at_sync = keeper.policies[2].state_dict()
     for name, ref in reference.strategy.snapshot.items():
         torch.testing.assert_close(ref, 0.75 * initial[name] + 0.25 * at_sync[name])
