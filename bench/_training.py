@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
 from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY, ReferenceSwapCallback
+from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.policy import add_lora
 
@@ -112,7 +113,7 @@ def write_pairs(path: Path, pairs: int, length: int, seed: int = 0) -> None:
 def build_datamodule(
     directory: Path, pairs: int, batch_size: int, length: int, reference_windows: bool = True
 ) -> PreferenceDataModule:
-    """The data module over freshly written random pairs (character tokenizer).
+    """The data module over freshly written random pairs (character tokenizer, given explicitly).
 
     Args:
         directory: Where the pairs file is written.
@@ -127,6 +128,7 @@ def build_datamodule(
     file = directory / "pairs.jsonl"
     write_pairs(file, pairs, length)
     datamodule = PreferenceDataModule(
+        tokenizer=build_char_tokenizer(),  # file data would get the byte tokenizer
         train_file=str(file),
         val_fraction=0.1,
         batch_size=batch_size,

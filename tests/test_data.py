@@ -149,9 +149,8 @@ BAD_RECORDS = {
     "non_string_prompt": ({"prompt": 7, "chosen": "a", "rejected": "b"}, "field 'prompt'"),
     "missing_chosen": ({"prompt": "p", "rejected": "b"}, "field 'chosen'"),
     "non_string_chosen": ({"prompt": "p", "chosen": 42, "rejected": "b"}, "field 'chosen'"),
-    "empty_chosen": ({"prompt": "p", "chosen": "", "rejected": "b"}, "field 'chosen'"),
     "null_rejected": ({"prompt": "p", "chosen": "a", "rejected": None}, "field 'rejected'"),
-    "empty_rejected": ({"prompt": "p", "chosen": "a", "rejected": ""}, "field 'rejected'"),
+    "both_empty": ({"prompt": "p", "chosen": "", "rejected": " "}, "fields 'chosen', 'rejected'"),
     "identical": ({"prompt": "p", "chosen": "a", "rejected": "a"}, "field 'rejected'"),
     "string_reward": (
         {**pair_row(9), "chosen_reward": "1", "rejected_reward": 0},
@@ -186,8 +185,7 @@ def test_read_jsonl_message_format(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": 42, "rejected": "b"}])
     with pytest.raises(
         DataValidationError,
-        match=r"train\.jsonl:1: field 'chosen': expected "
-        r"a non-empty string, got 42$",
+        match=r"train\.jsonl:1: field 'chosen': expected a string, got 42$",
     ):
         read_jsonl(path)
 
@@ -201,7 +199,7 @@ def test_read_jsonl_rejects_rewards_on_some_records_only(tmp_path: Path) -> None
 
 
 def test_read_jsonl_reports_every_bad_line(tmp_path: Path) -> None:
-    rows = [{"prompt": "p", "chosen": "", "rejected": "b"}, pair_row(1), "nope"]
+    rows = [{"prompt": "p", "chosen": "", "rejected": "\n"}, pair_row(1), "nope"]
     with pytest.raises(DataValidationError) as info:
         read_jsonl(write_jsonl(tmp_path / "two.jsonl", rows))
     lines = str(info.value).splitlines()
@@ -248,23 +246,35 @@ def test_truncation_keeps_prompt_end_and_response_start(char_tok: PreTrainedToke
     assert char_tok.decode(short.chosen_ids) == "0</s>"
 
 
-def test_default_max_prompt_length_is_half(char_tok: PreTrainedTokenizerFast) -> None:
-    pair = tokenize_record(PreferenceRecord("x" * 15, "a", "b"), char_tok, max_length=20)
-    assert len(pair.prompt_ids) == 10
-
-
-def test_prompt_alone_longer_than_max_length_is_an_error(
+def test_by_default_a_prompt_is_cut_only_as_far_as_its_responses_need(
     char_tok: PreTrainedTokenizerFast,
 ) -> None:
-    record = PreferenceRecord("x" * 40, "a", "b", source="d.jsonl", line=3)
-    with pytest.raises(DataValidationError, match=r"^d\.jsonl:3: field 'prompt': expected fewer"):
-        tokenize_record(record, char_tok, max_length=20)
+    # Responses of 2 tokens (EOS included) leave 18 of max_length=20 to the prompt.
+    pair = tokenize_record(PreferenceRecord("x" * 15, "a", "b"), char_tok, max_length=20)
+    assert len(pair.prompt_ids) == 16  # BOS + 15: not cut
+    long = tokenize_record(PreferenceRecord("x" * 15, "a" * 30, "b"), char_tok, max_length=20)
+    assert len(long.prompt_ids) == 10  # never below max_length // 2
 
 
-def test_prompt_filling_max_length_is_an_error(char_tok: PreTrainedTokenizerFast) -> None:
+def test_prompt_longer_than_max_length_is_cut_not_refused(
+    char_tok: PreTrainedTokenizerFast,
+) -> None:
+    # Before: refused as "prompt_too_long"; now cut from its start like any long prompt.
+    record = PreferenceRecord("y" * 20 + "x" * 20 + ">", "a", "b", source="d.jsonl", line=3)
+    pair = tokenize_record(record, char_tok, max_length=20)
+    assert char_tok.decode(pair.prompt_ids) == "<s>" + "x" * 16 + ">"  # 18 = 20 - len("a</s>")
+    assert char_tok.decode(pair.chosen_ids) == "a</s>"
+
+
+def test_max_prompt_length_must_leave_room_for_a_response(
+    char_tok: PreTrainedTokenizerFast,
+) -> None:
     record = PreferenceRecord("abcdefgh>", "a", "b", source="data/train.jsonl", line=17)
-    with pytest.raises(DataValidationError, match=r"^data/train\.jsonl:17: field 'prompt'"):
+    with pytest.raises(ValueError, match=r"max_prompt_length must be in \[1, max_length - 1"):
         tokenize_record(record, char_tok, max_length=8, max_prompt_length=8)
+    pair = tokenize_record(record, char_tok, max_length=8, max_prompt_length=7)
+    assert len(pair.prompt_ids) == 7  # one token left: the responses' first
+    assert (char_tok.decode(pair.chosen_ids), char_tok.decode(pair.rejected_ids)) == ("a", "b")
 
 
 def test_bpe_mask_exact_despite_merge_across_boundary(bpe_tok: PreTrainedTokenizerFast) -> None:

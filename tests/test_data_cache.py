@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import lightning_dpo.data.token_cache as token_cache_module
-from lightning_dpo.data import PreferenceDataModule, PreferenceRecord, collate_pairs
+from lightning_dpo.data import (
+    DataValidationError,
+    PreferenceDataModule,
+    PreferenceRecord,
+    collate_pairs,
+)
 from lightning_dpo.data.tokenization import tokenize_records
 
 CORPUS = ["hello world", "the world is wide", "Q: hello world", "old bold world"] * 20
@@ -47,22 +53,23 @@ def encode(s: str) -> list[int]:
 
 
 @settings(max_examples=120, deadline=None)
-@given(
-    prompt=text, chosen=text.filter(bool), rejected=text.filter(bool), max_length=st.integers(4, 24)
-)
+@given(prompt=text, chosen=text, rejected=text, max_length=st.integers(4, 24))
 def test_loss_mask_is_exactly_the_response_and_eos(prompt, chosen, rejected, max_length) -> None:
     record = PreferenceRecord(prompt, chosen, rejected)
-    if 1 + len(encode(prompt)) >= max_length:
-        return  # refused as prompt_too_long: tested separately
-    [pair] = tokenize_records([record], BPE, max_length, max_prompt_length=max_length // 2)
-    batch = collate_pairs([pair], pad_token_id=BPE.eos_token_id)
     prompt_ids = [BPE.bos_token_id, *encode(prompt)]
     body, keep = prompt_ids[1:], max_length // 2 - 1  # BOS is always kept
     kept_prompt = prompt_ids[:1] + (body if len(body) <= keep else body[len(body) - keep :])
+    room = max_length - len(kept_prompt)
+    cut = [[*encode(r), BPE.eos_token_id][:room] for r in (chosen, rejected)]
+    if cut[0] == cut[1]:  # nothing to prefer within max_length: refused, never cut to equal
+        with pytest.raises(DataValidationError, match=r"identical|differ"):
+            tokenize_records([record], BPE, max_length, max_prompt_length=max_length // 2)
+        return
+    [pair] = tokenize_records([record], BPE, max_length, max_prompt_length=max_length // 2)
+    batch = collate_pairs([pair], pad_token_id=BPE.eos_token_id)
     for row, response in enumerate((chosen, rejected)):
         ids, mask = batch["input_ids"][row], batch["loss_mask"][row]
         real = batch["attention_mask"][row].bool()
-        room = max_length - len(kept_prompt)
         assert ids[real & ~mask].tolist() == kept_prompt  # prompt: BOS + its end, unmasked
         assert ids[mask].tolist() == [*encode(response), BPE.eos_token_id][:room]
         assert mask.nonzero().flatten().tolist() == list(
@@ -125,12 +132,14 @@ FINGERPRINT = (
 
 def fingerprint_in_subprocess(path: Path, max_length: int = 64) -> list[str]:
     command = [sys.executable, "-c", FINGERPRINT, str(path), str(max_length)]
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()[-1].split()  # after the data report
 
 
 def test_fingerprint_is_stable_across_processes_and_changes_with_content(tmp_path: Path) -> None:
     data = write_rows(tmp_path / "d.jsonl", 30)
     dm = PreferenceDataModule(train_file=str(data))
+    assert len(dm.tokenizer) == 259  # the built-in byte tokenizer: stable across processes
     here = [dm.fingerprint("train"), dm.fingerprint("val")]
     assert all(len(f) == 64 and int(f, 16) >= 0 for f in here) and here[0] != here[1]
     assert fingerprint_in_subprocess(data) == here

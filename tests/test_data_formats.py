@@ -209,13 +209,16 @@ BAD = {
     "invalid_json": ('{"prompt": "p", "chosen": ', None),
     "missing_field": ({"prompt": "p", "rejected": "b"}, "field 'chosen'"),
     "wrong_type": ({"prompt": "p", "chosen": 42, "rejected": "b"}, "field 'chosen'"),
-    "empty_response": ({"prompt": "p", "chosen": "a", "rejected": "  "}, "field 'rejected'"),
+    "empty_response": ({"prompt": "p", "chosen": " ", "rejected": ""}, "fields 'chosen', 'rej"),
     "identical_responses": ({"prompt": "p", "chosen": "a", "rejected": "a"}, "field 'rejected'"),
     "bad_reward": (
         {**GOOD, "chosen_reward": "high", "rejected_reward": 0},
         "field 'chosen_reward'",
     ),
-    "prompt_too_long": ({**GOOD, "prompt": "x" * 40}, "field 'prompt'"),
+    "identical_tokens": (
+        {**GOOD, "chosen": "x" * 40 + "a", "rejected": "x" * 40 + "b"},
+        "fields 'chosen', 'rejected'",
+    ),
 }
 
 
@@ -252,7 +255,7 @@ def test_skip_mode_counts_every_reason_prints_and_logs(tmp_path: Path, capsys, c
     dm = PreferenceDataModule(
         train_file=str(path), val_file=str(val), max_length=32, on_invalid="skip"
     )
-    with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.validation"):
+    with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.report"):
         dm.setup()
     assert len(dm.train_pairs) == 2 and len(dm.val_pairs) == 1
     assert [p.index for p in dm.train_pairs] == [0, 1]  # pair_index counts kept pairs only
@@ -261,9 +264,10 @@ def test_skip_mode_counts_every_reason_prints_and_logs(tmp_path: Path, capsys, c
     assert (train_report.total, train_report.kept) == (10, 2)
     assert not val_report.skipped
     printed = capsys.readouterr().out
-    assert f"{path}: kept 2 of 10 records; skipped 8 (bad_reward 1, empty_response 1" in printed
-    assert "val.jsonl" not in printed  # nothing skipped there
-    assert "prompt_too_long 1" in caplog.text
+    assert f"{path} (train): read 10 records, kept 2, refused 8 (bad_reward 1, empty_res" in printed
+    assert f"data {val} (val): read 1 record, kept 1\n" in printed  # nothing refused there
+    assert "identical_tokens 1" in caplog.text
+    assert str(val) not in caplog.text  # a source that refused nothing is not a warning
 
 
 def test_rewards_on_some_records_only(tmp_path: Path) -> None:

@@ -22,9 +22,10 @@ def rows(fmt: str) -> list[dict[str, object]]:
         answer, wrong = "".join(sorted(digits)), "".join(sorted(digits, reverse=True))
         if fmt == "explicit":
             out.append({"prompt": digits + ">", "chosen": answer, "rejected": wrong})
-        elif fmt == "implicit":
-            turn = f"\n\nHuman: {digits}\n\nAssistant:"
-            out.append({"chosen": f"{turn} {answer}", "rejected": f"{turn} {wrong}"})
+        elif fmt == "implicit":  # hh-like: capitals, and a chosen that ends at "Assistant:"
+            turn = f"\n\nHuman: Sort {digits}, it's urgent\n\nAssistant:"
+            chosen = turn if i == 1 else f"{turn} {answer}"
+            out.append({"chosen": chosen, "rejected": f"{turn} {wrong}"})
         else:
             user = {"role": "user", "content": digits}
             out.append(

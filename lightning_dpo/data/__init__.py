@@ -1,5 +1,6 @@
 """Preference data: records, the embedded sort task, tokenisation, batching, data module."""
 
+from lightning_dpo.data.byte_tokenizer import build_byte_tokenizer
 from lightning_dpo.data.char_tokenizer import build_char_tokenizer
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.datamodule import PreferenceDataModule
@@ -7,6 +8,7 @@ from lightning_dpo.data.formats import FormatOptions
 from lightning_dpo.data.jsonl import read_jsonl
 from lightning_dpo.data.loading import RewardDefaults, load_records
 from lightning_dpo.data.records import DataValidationError, PreferenceRecord
+from lightning_dpo.data.report import SplitStats
 from lightning_dpo.data.sort_task import generate_sort_splits, generate_sort_task
 from lightning_dpo.data.sources import read_rows
 from lightning_dpo.data.splits import split_by_prompt
@@ -22,8 +24,10 @@ __all__ = [
     "PreferenceRecord",
     "RewardDefaults",
     "SkipReport",
+    "SplitStats",
     "TokenizedPair",
     "WindowedDataLoader",
+    "build_byte_tokenizer",
     "build_char_tokenizer",
     "collate_pairs",
     "generate_sort_splits",

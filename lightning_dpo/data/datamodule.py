@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from functools import partial
 
@@ -16,21 +15,17 @@ from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
 from lightning_dpo.data.loading import RewardDefaults, load_records
-from lightning_dpo.data.records import DataValidationError, PreferenceRecord, format_location
+from lightning_dpo.data.records import DataValidationError, PreferenceRecord
+from lightning_dpo.data.report import SplitStats, announce, split_stats
+from lightning_dpo.data.requirements import require_pair_fields
 from lightning_dpo.data.sampler import EpochShuffleSampler
 from lightning_dpo.data.sort_task import generate_sort_splits
 from lightning_dpo.data.splits import split_by_prompt
 from lightning_dpo.data.token_cache import cached_encodings
-from lightning_dpo.data.tokenization import (
-    TokenizedPair,
-    build_pairs,
-    resolve_max_prompt_length,
-)
+from lightning_dpo.data.tokenization import TokenizedPair, build_pairs, resolve_max_prompt_length
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
-from lightning_dpo.data.validation import SkipReport, announce, apply_policy, check_on_invalid
+from lightning_dpo.data.validation import SkipReport, apply_policy, check_on_invalid
 from lightning_dpo.data.windows import WindowedDataLoader
-
-_PAIR_FIELDS = frozenset(f.name for f in dataclass_fields(TokenizedPair))
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -53,11 +48,16 @@ class PreferenceDataModule(L.LightningDataModule):
     the tokenizer's chat template) format are validated, then tokenised once in
     :meth:`setup` (reused across runs through ``cache_dir``); batches follow the contract
     of :func:`collate_pairs`, ``pair_index`` included. ``tokenizer`` is ready right after
-    construction.
+    construction. Over-long records are cut, not refused: the prompt keeps its end (by
+    default cut only as far as the longer response needs, never below
+    ``max_length // 2``), the responses their start. :meth:`setup` prints
+    and logs the data report: per source the records read, kept and refused (by reason),
+    per split the empty responses, cuts and unknown tokens (see ``skipped``, ``stats``).
 
     Args:
-        tokenizer: ``None`` for the built-in character tokenizer, a local directory, or a
-            tokenizer object (see :func:`load_tokenizer`).
+        tokenizer: ``None`` for a built-in tokenizer (byte-level for file data, the
+            character tokenizer for the embedded task), a local directory, or a tokenizer
+            object (see :func:`load_tokenizer`).
         train_file: Training data source, or ``None`` for the embedded task.
         val_file: Validation data source (requires ``train_file``).
         val_fraction: Fraction of prompts held out when only ``train_file`` is given.
@@ -65,8 +65,13 @@ class PreferenceDataModule(L.LightningDataModule):
         num_val: Validation pairs of the embedded task.
         seed: Seed of the embedded task, the hold-out split and the training shuffle.
         batch_size: Pairs per batch (a batch holds ``2 * batch_size`` sequences).
-        max_length: Maximum tokens of prompt + response.
-        max_prompt_length: Maximum prompt tokens; defaults to ``max_length // 2``.
+        max_length: Maximum tokens of prompt + response; longer responses are cut at
+            their end.
+        max_prompt_length: A fixed cap on the prompt tokens, below ``max_length`` (TRL's);
+            a longer prompt is cut from its start (its latest turns stay). ``None``
+            (default): a prompt is cut only when the longer response would not fit, as
+            far as it needs, but never below ``max_length // 2``
+            (:func:`~lightning_dpo.data.tokenization.prompt_budget`).
         num_workers: DataLoader worker processes.
         path: Alias of ``train_file`` (``data.path=...``).
         require_file: Refuse to fall back to the embedded task when no file is given.
@@ -127,11 +132,13 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         self.save_hyperparameters(ignore=["tokenizer"])
         self.hparams.train_file = train_file
-        self.tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer, text_data=train_file is not None)
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None
         #: Per-source skip reports of the last :meth:`setup` (counts are zero in error mode).
         self.skipped: list[SkipReport] = []
+        #: Per-split tokenisation statistics of the last :meth:`setup` (train, val).
+        self.stats: list[SplitStats] = []
         self._reports: dict[str, SkipReport] = {}
         self._fingerprints: dict[str, str] = {}
 
@@ -152,7 +159,10 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.train_file is None:
             train, val = generate_sort_splits(hp.num_train, hp.num_val, hp.seed, with_rewards=True)
-            self._reports = {"train": SkipReport(train[0].source), "val": SkipReport(val[0].source)}
+            self._reports = {
+                split: SkipReport(records[0].source, total=len(records))
+                for split, records in (("train", train), ("val", val))
+            }
             return train, val
         train, report = self._read(hp.train_file, hp.train_split)
         self._reports = {"train": report, "val": report}
@@ -161,23 +171,27 @@ class PreferenceDataModule(L.LightningDataModule):
         val, self._reports["val"] = self._read(hp.val_file, hp.val_split)
         return train, val
 
-    def _tokenize(self, records: list[PreferenceRecord], split: str) -> list[TokenizedPair]:
-        """Encodes (once, cached) and truncates records; refuses or skips those that do not fit."""
+    def _tokenize(
+        self, records: list[PreferenceRecord], split: str
+    ) -> tuple[list[TokenizedPair], SplitStats]:
+        """Encodes (once, cached) and cuts records; refuses or skips those that cannot fit."""
         hp = self.hparams
         encodings, _ = cached_encodings(records, self.tokenizer, hp.cache_dir)
-        pairs, problems = build_pairs(
-            records, encodings, self.tokenizer, hp.max_length, hp.max_prompt_length
-        )
+        built = build_pairs(records, encodings, self.tokenizer, hp.max_length, hp.max_prompt_length)
         report = self._reports[split]
-        apply_policy(problems, hp.on_invalid, report)
-        if not pairs:
+        apply_policy(built.problems, hp.on_invalid, report)
+        if not built.pairs:
             raise DataValidationError(f"{report.source}: expected at least one valid {split} pair")
-        return [replace(pair, index=i) for i, pair in enumerate(pairs)]
+        limits = hp.max_length, hp.max_prompt_length
+        stats = split_stats(split, records, encodings, built, self.tokenizer, limits)
+        return [replace(pair, index=i) for i, pair in enumerate(built.pairs)], stats
 
     def setup(self, stage: str | None = None) -> None:
-        """Loads, validates and tokenises all data; later calls do nothing.
+        """Loads, validates and tokenises all data, then reports it; later calls do nothing.
 
-        Skipped records (``on_invalid="skip"``) are counted per reason, printed and logged.
+        The data report (:func:`~lightning_dpo.data.report.announce`) is printed and
+        logged: per source, records read, kept and refused per reason (``on_invalid="skip"``);
+        per split, empty responses, prompts and responses cut, unknown tokens.
 
         Args:
             stage: Lightning stage (unused: both splits are prepared).
@@ -185,9 +199,12 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_pairs is not None:
             return
         train, val = self._load_records()
-        train_pairs, val_pairs = self._tokenize(train, "train"), self._tokenize(val, "val")
+        (train_pairs, train_stats), (val_pairs, val_stats) = map(
+            self._tokenize, (train, val), ("train", "val")
+        )
         self.skipped = list({id(r): r for r in self._reports.values()}.values())
-        announce(self.skipped)
+        self.stats = [train_stats, val_stats]
+        announce(self._reports, self.stats)
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
 
     def fingerprint(self, split: str) -> str:
@@ -214,7 +231,7 @@ class PreferenceDataModule(L.LightningDataModule):
             hp = self.hparams
             settings = {
                 "max_length": hp.max_length,
-                "max_prompt_length": resolve_max_prompt_length(hp.max_length, hp.max_prompt_length),
+                "max_prompt_length": hp.max_prompt_length,
                 "tokenizer": tokenizer_fingerprint(self.tokenizer),
             }
             pairs = train if split == "train" else val
@@ -282,25 +299,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 source and index for generated data) and the fields it lacks.
             ValueError: If a field name is not a field of the pairs.
         """
-        unknown = [f for f in fields if f not in _PAIR_FIELDS]
-        if unknown:
-            raise ValueError(f"unknown fields {unknown}; known fields: {sorted(_PAIR_FIELDS)}")
-        for split in self._pairs():
-            for index, pair in enumerate(split):
-                missing = [f for f in fields if getattr(pair, f) is None]
-                if missing:
-                    raise DataValidationError(_missing_message(pair, index, missing, reason))
-
-
-def _missing_message(
-    pair: TokenizedPair, index: int, missing: Sequence[str], reason: str | None
-) -> str:
-    """Error message for a pair lacking required fields."""
-    names = ", ".join(f"'{f}'" for f in missing)
-    noun = "field" if len(missing) == 1 else "fields"
-    where = format_location(pair.source, pair.line, index)
-    suffix = f" ({reason})" if reason else ""
-    return f"{where}: missing {noun} {names} required by the loss{suffix}"
+        require_pair_fields(self._pairs(), fields, reason)
 
 
 def _resolve_train_file(train_file: str | None, path: str | None, require_file: bool) -> str | None:

@@ -13,7 +13,8 @@ from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenization import TokenizedPair
 
 #: Bumped whenever the tokenised layout (BOS, EOS, truncation) changes meaning.
-TOKENIZATION_VERSION = 1
+#: 2: over-long prompts are cut (not refused); empty responses are kept as EOS alone.
+TOKENIZATION_VERSION = 2
 
 
 def _update(digest: Any, value: Any) -> None:
@@ -27,8 +28,9 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Digest of what decides a tokenizer's ids: its full serialisation and special tokens.
 
     Fast tokenizers are hashed through ``backend_tokenizer.to_str()`` (vocabulary, merges,
-    normalisers, pre-tokenisers); slow ones through their sorted vocabulary. The class name
-    and the special tokens are included in both cases.
+    normalisers, pre-tokenisers); slow ones through their sorted vocabulary. The class name,
+    the special tokens and ``split_special_tokens`` (whether a special token's text inside
+    the data is encoded as text) are included in both cases.
 
     Args:
         tokenizer: The tokenizer.
@@ -44,6 +46,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     else:
         _update(digest, sorted(tokenizer.get_vocab().items()))
     _update(digest, {k: str(v) for k, v in tokenizer.special_tokens_map.items()})
+    _update(digest, bool(getattr(tokenizer, "split_special_tokens", False)))
     return digest.hexdigest()
 
 

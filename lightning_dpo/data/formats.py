@@ -2,6 +2,14 @@
 
 Each format turns one raw row into ``(prompt, chosen, rejected)`` strings or raises a
 :class:`RecordProblem` naming the field and what was expected.
+
+Empty responses are valid: an empty string (explicit format) or nothing after the shared
+prompt (implicit format, e.g. an hh-rlhf dialogue that ends at ``Assistant:``) is a
+response of EOS alone. A whitespace-only response (hh-rlhf's ``Assistant: `` ending) is
+kept verbatim, its whitespace tokens then EOS, so that it matches the leading space of the
+other response; both count as empty responses in the data report
+(:func:`is_empty_response`). A pair whose two responses are both empty, or identical, is
+refused: it has nothing to prefer.
 """
 
 from __future__ import annotations
@@ -90,6 +98,11 @@ def _text(row: Mapping[str, Any], column: str, allow_empty: bool = False) -> str
     return value
 
 
+def is_empty_response(text: str) -> bool:
+    """Whether a response text is empty or whitespace only (valid, counted in the report)."""
+    return not text.strip()
+
+
 def check_different(chosen: Any, rejected: Any, options: FormatOptions) -> None:
     """Refuses a pair whose responses are identical."""
     if chosen == rejected:
@@ -100,12 +113,23 @@ def check_different(chosen: Any, rejected: Any, options: FormatOptions) -> None:
         )
 
 
+def check_responses(chosen: str, rejected: str, options: FormatOptions) -> None:
+    """Refuses a pair whose responses are identical, or both empty (whitespace only)."""
+    check_different(chosen, rejected, options)
+    if is_empty_response(chosen) and is_empty_response(rejected):
+        raise RecordProblem(
+            "empty_response",
+            f"fields '{options.column('chosen')}', '{options.column('rejected')}': expected "
+            f"at least one non-empty response, got {show(chosen)} and {show(rejected)}",
+        )
+
+
 def explicit_texts(row: Mapping[str, Any], options: FormatOptions) -> tuple[str, str, str]:
     """``(prompt, chosen, rejected)`` of a row with three string columns."""
     prompt = _text(row, options.column("prompt"), allow_empty=True)
-    chosen = _text(row, options.column("chosen"))
-    rejected = _text(row, options.column("rejected"))
-    check_different(chosen, rejected, options)
+    chosen = _text(row, options.column("chosen"), allow_empty=True)
+    rejected = _text(row, options.column("rejected"), allow_empty=True)
+    check_responses(chosen, rejected, options)
     return prompt, chosen, rejected
 
 
@@ -131,7 +155,11 @@ def split_shared_prompt(chosen: str, rejected: str, markers: Sequence[str]) -> i
 
 
 def implicit_texts(row: Mapping[str, Any], options: FormatOptions) -> tuple[str, str, str]:
-    """``(prompt, chosen, rejected)`` of two whole conversations sharing a prompt prefix."""
+    """``(prompt, chosen, rejected)`` of two whole conversations sharing a prompt prefix.
+
+    Each conversation must be a non-empty string; what follows the shared prompt may be
+    empty (a response of EOS alone).
+    """
     chosen = _text(row, options.column("chosen"))
     rejected = _text(row, options.column("rejected"))
     check_different(chosen, rejected, options)
@@ -143,13 +171,5 @@ def implicit_texts(row: Mapping[str, Any], options: FormatOptions) -> tuple[str,
             f"{names}: expected conversations sharing a prompt that ends with a turn marker "
             f"(one of {list(options.turn_markers)}), got no shared turn boundary",
         )
-    for column, text in (
-        (options.column("chosen"), chosen),
-        (options.column("rejected"), rejected),
-    ):
-        if not text[cut:].strip():
-            raise RecordProblem(
-                "empty_response",
-                f"field '{column}': expected a response after the shared prompt, got nothing",
-            )
+    check_responses(chosen[cut:], rejected[cut:], options)
     return chosen[:cut], chosen[cut:], rejected[cut:]

@@ -13,7 +13,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[PreferenceRecord]:
     """Reads and validates a JSON-lines file of ``prompt``/``chosen``/``rejected`` records.
 
     Each non-blank line must be an object with string fields ``prompt``, ``chosen`` and
-    ``rejected`` (responses non-empty and different) and optionally both numeric
+    ``rejected`` (responses different, at most one of them empty) and optionally both numeric
     ``chosen_reward`` and ``rejected_reward``; rewards must be on every record or on none.
     Other fields are ignored. Every line is validated before anything is returned. For
     the other formats and sources use :func:`~lightning_dpo.data.loading.load_records`.

@@ -48,16 +48,29 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message with its column, e.g. ``Expecting value at column 7``.
+
+    Some messages already end in "at" (``Unterminated string starting at``): the column
+    follows them directly.
+    """
+    joiner = " " if exc.msg.endswith(" at") else " at "
+    return f"{exc.msg}{joiner}column {exc.colno}"
+
+
 def _json_line(raw: bytes, source: str, line: int) -> RawRow:
     """Decodes one JSON line; a broken line becomes a row with ``error`` set."""
     try:
-        return RawRow(json.loads(raw.decode("utf-8")), source, line=line)
+        # Without its line break, so that a cut-off line says "Unterminated string".
+        return RawRow(json.loads(raw.rstrip(b"\r\n").decode("utf-8")), source, line=line)
     except UnicodeDecodeError as exc:
         return RawRow(None, source, line=line, error=f"expected UTF-8 text, got {exc.reason}")
     except json.JSONDecodeError as exc:
-        problem = f"{exc.msg} at column {exc.colno}"
         return RawRow(
-            None, source, line=line, error=f"expected a JSON object, got invalid JSON ({problem})"
+            None,
+            source,
+            line=line,
+            error=f"expected a JSON object, got invalid JSON ({_json_problem(exc)})",
         )
 
 
@@ -93,7 +106,7 @@ def _read_json(path: Path) -> list[RawRow]:
             return _read_jsonl(path)
         raise DataValidationError(
             f"{source}:{exc.lineno}: expected a JSON document, got invalid JSON "
-            f"({exc.msg} at column {exc.colno})"
+            f"({_json_problem(exc)})"
         ) from exc
     except UnicodeDecodeError as exc:
         raise DataValidationError(f"{source}: expected UTF-8 text, got {exc.reason}") from exc

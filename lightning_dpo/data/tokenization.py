@@ -85,32 +85,44 @@ def encode_records(
     return list(zip(ids[:n], ids[n : 2 * n], ids[2 * n :], strict=True))
 
 
-def resolve_max_prompt_length(max_length: int, max_prompt_length: int | None) -> int:
-    """``max_prompt_length`` (default ``max_length // 2``), validated against ``max_length``.
+def resolve_max_prompt_length(max_length: int, max_prompt_length: int | None) -> int | None:
+    """``max_prompt_length``, validated against ``max_length`` (``None`` stays ``None``).
 
     Raises:
-        ValueError: If ``max_length < 2`` or ``max_prompt_length`` is not in ``[1, max_length]``.
+        ValueError: If ``max_length < 2`` or ``max_prompt_length`` is not in
+            ``[1, max_length - 1]`` (the responses keep at least one token).
     """
-    max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
-    if not 1 <= max_prompt_length <= max_length:
+    if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
         raise ValueError(
-            f"max_prompt_length must be in [1, max_length={max_length}], got {max_prompt_length}"
+            f"max_prompt_length must be in [1, max_length - 1 = {max_length - 1}] so that "
+            f"the responses keep at least one token, got {max_prompt_length}"
         )
     return max_prompt_length
 
 
-def _prompt_ids(
-    body: list[int], bos: list[int], max_length: int, max_prompt_length: int
-) -> list[int]:
-    """BOS + the END of the prompt, at most ``max_prompt_length`` tokens; problems if unusable."""
-    if len(bos) + len(body) >= max_length:
-        raise RecordProblem(
-            "prompt_too_long",
-            f"field 'prompt': expected fewer than max_length={max_length} tokens, "
-            f"got {len(bos) + len(body)} (no room for a response)",
-        )
+def prompt_budget(max_length: int, max_prompt_length: int | None, longest_response: int) -> int:
+    """How many prompt tokens a pair keeps at most.
+
+    An explicit ``max_prompt_length`` is a fixed cap, as TRL's. By default (``None``) a
+    prompt is cut only when it leaves the longer response too little room, and then only
+    as far as that response needs, but never below ``max_length // 2``: a pair with long
+    responses keeps the latest half of ``max_length`` of its prompt, and the responses
+    the other half.
+
+    Args:
+        max_length: Tokens of prompt + response.
+        max_prompt_length: The fixed cap, or ``None``.
+        longest_response: Tokens of the pair's longer response, EOS included.
+    """
+    if max_prompt_length is not None:
+        return max_prompt_length
+    return max(max_length // 2, max_length - longest_response)
+
+
+def _prompt_ids(body: list[int], bos: list[int], max_prompt_length: int) -> list[int]:
+    """BOS + the END of the prompt (the latest turns), at most ``max_prompt_length`` tokens."""
     keep = max(max_prompt_length - len(bos), 0)
     ids = bos + body[max(len(body) - keep, 0) :] if keep else bos
     if not ids:
@@ -127,31 +139,63 @@ def build_pair(
     encoding: Encoding,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
-    max_prompt_length: int,
+    max_prompt_length: int | None,
 ) -> TokenizedPair:
     """Truncates one record's encoding into a pair: prompt END kept, response START kept.
 
-    The prompt is ``[bos] + prompt ids`` (BOS when the tokenizer has one), cut to its last
-    ``max_prompt_length`` tokens with BOS kept; each response is ``ids + [eos]`` cut so that
-    prompt + response fits in ``max_length`` (the EOS may be cut off).
+    As TRL's ``keep_end`` prompts and ``keep_start`` completions: the prompt is ``[bos] +
+    prompt ids`` (BOS when the tokenizer has one), cut from its start to its last
+    :func:`prompt_budget` tokens with BOS kept (by default only when the longer response
+    would not fit otherwise); each response is ``ids + [eos]`` cut to the room the prompt
+    leaves (the EOS may be cut off). An empty response is ``[eos]``.
 
     Raises:
-        RecordProblem: ``prompt_too_long`` if BOS + the whole prompt has ``max_length``
-            tokens or more; ``empty_prompt`` if the prompt has no token at all.
+        RecordProblem: ``empty_prompt`` if the prompt has no token at all;
+            ``identical_tokens`` if the cut responses are the same tokens (the pair would
+            have nothing to prefer within ``max_length``).
     """
     bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    prompt = _prompt_ids(encoding[0], bos, max_length, max_prompt_length)
+    longest = max(len(encoding[1]), len(encoding[2])) + 1
+    prompt = _prompt_ids(encoding[0], bos, prompt_budget(max_length, max_prompt_length, longest))
     room = max_length - len(prompt)
     eos = [tokenizer.eos_token_id]
+    chosen, rejected = (encoding[1] + eos)[:room], (encoding[2] + eos)[:room]
+    if chosen == rejected:
+        where = (
+            "once tokenised"
+            if encoding[1] == encoding[2]
+            else f"within the {room} tokens the prompt ({len(prompt)}) leaves of "
+            f"max_length={max_length}"
+        )
+        raise RecordProblem(
+            "identical_tokens",
+            f"fields 'chosen', 'rejected': expected responses that differ {where}, "
+            "got the same tokens",
+        )
     return TokenizedPair(
         prompt_ids=tuple(prompt),
-        chosen_ids=tuple((encoding[1] + eos)[:room]),
-        rejected_ids=tuple((encoding[2] + eos)[:room]),
+        chosen_ids=tuple(chosen),
+        rejected_ids=tuple(rejected),
         chosen_reward=record.chosen_reward,
         rejected_reward=record.rejected_reward,
         source=record.source,
         line=record.line,
     )
+
+
+@dataclass(frozen=True)
+class BuiltPairs:
+    """What :func:`build_pairs` made of a split's records.
+
+    Attributes:
+        pairs: The pairs of the records that fit, in record order.
+        kept: For each pair, the position of its record in the input.
+        problems: ``(location, problem)`` of the records that were refused.
+    """
+
+    pairs: list[TokenizedPair]
+    kept: list[int]
+    problems: list[tuple[str, RecordProblem]]
 
 
 def build_pairs(
@@ -160,30 +204,28 @@ def build_pairs(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     max_prompt_length: int | None,
-) -> tuple[list[TokenizedPair], list[tuple[str, RecordProblem]]]:
-    """Builds the pairs of every record; problems are returned with their locations.
+) -> BuiltPairs:
+    """Builds the pairs of every record (see :func:`build_pair`); problems are collected.
 
     Returns:
-        ``(pairs, problems)``: the pairs of the valid records in order, and
-        ``(location, problem)`` for the others.
+        The pairs, the records they came from, and the located problems of the others.
     """
     max_prompt_length = resolve_max_prompt_length(max_length, max_prompt_length)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    pairs, problems = [], []
+    built = BuiltPairs([], [], [])
     for i, (record, encoding) in enumerate(zip(records, encodings, strict=True)):
         try:
-            pairs.append(build_pair(record, encoding, tokenizer, max_length, max_prompt_length))
+            pair = build_pair(record, encoding, tokenizer, max_length, max_prompt_length)
         except RecordProblem as problem:
-            problems.append(
-                (
-                    format_location(
-                        record.source, record.line, i if record.index is None else record.index
-                    ),
-                    problem,
-                )
+            where = format_location(
+                record.source, record.line, i if record.index is None else record.index
             )
-    return pairs, problems
+            built.problems.append((where, problem))
+        else:
+            built.pairs.append(pair)
+            built.kept.append(i)
+    return built
 
 
 def tokenize_records(
@@ -192,26 +234,26 @@ def tokenize_records(
     max_length: int,
     max_prompt_length: int | None = None,
 ) -> list[TokenizedPair]:
-    """Tokenises every record (see :func:`build_pair`), refusing any that does not fit.
+    """Tokenises every record (see :func:`build_pair`), refusing any that cannot be made to fit.
 
     Args:
         records: Preference pairs.
         tokenizer: Tokenizer with an EOS token.
         max_length: Maximum length of prompt + response.
-        max_prompt_length: Maximum prompt length; defaults to ``max_length // 2``.
+        max_prompt_length: Fixed cap on the prompt, or ``None`` (see :func:`prompt_budget`).
 
     Returns:
         The tokenised pairs, in order.
 
     Raises:
-        DataValidationError: Listing every record whose prompt leaves no room for a
-            response or has no token, as ``file:line: field 'prompt': expected ...``.
+        DataValidationError: Listing every record whose prompt has no token, or whose
+            responses are the same tokens once cut, as ``file:line: field ...: expected ...``.
         ValueError: If the limits are invalid or the tokenizer has no EOS token.
     """
     encodings = encode_records(records, tokenizer)
-    pairs, problems = build_pairs(records, encodings, tokenizer, max_length, max_prompt_length)
-    apply_policy(problems, "error", report=None)
-    return pairs
+    built = build_pairs(records, encodings, tokenizer, max_length, max_prompt_length)
+    apply_policy(built.problems, "error", report=None)
+    return built.pairs
 
 
 def tokenize_record(

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lightning_dpo.data.byte_tokenizer import build_byte_tokenizer
 from lightning_dpo.data.char_tokenizer import build_char_tokenizer
 
 
-def load_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    tokenizer: str | PreTrainedTokenizerBase | None, text_data: bool = False
+) -> PreTrainedTokenizerBase:
     """Returns a ready tokenizer: built-in, loaded from a local directory, or the one given.
+
+    Which one, when:
+
+    * a tokenizer object: that one;
+    * a string: ``AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)`` (a
+      local directory, e.g. the pretrained model's);
+    * ``None`` with ``text_data`` (file data: ``train_file``/``path`` given):
+      :func:`~lightning_dpo.data.byte_tokenizer.build_byte_tokenizer`, which represents
+      any UTF-8 text exactly (one token per byte, no ``<unk>``);
+    * ``None`` without (the embedded digit-sorting task):
+      :func:`~lightning_dpo.data.char_tokenizer.build_char_tokenizer`, one token per
+      character of the task's small alphabet (other characters would be ``<unk>``).
 
     When the tokenizer has no pad token its EOS token is used for padding (the given
     tokenizer object is modified in place).
 
     Args:
-        tokenizer: ``None`` for :func:`build_char_tokenizer`, a local directory for
-            ``AutoTokenizer.from_pretrained(..., local_files_only=True)``, or a tokenizer.
+        tokenizer: ``None`` for a built-in tokenizer, a local directory, or a tokenizer.
+        text_data: Whether the data is users' text rather than the embedded task.
 
     Returns:
         The tokenizer, with EOS and pad tokens.
@@ -24,7 +39,7 @@ def load_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTraine
         ValueError: If the tokenizer has no EOS token.
     """
     if tokenizer is None:
-        tokenizer = build_char_tokenizer()
+        tokenizer = build_byte_tokenizer() if text_data else build_char_tokenizer()
     elif isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
     if tokenizer.eos_token_id is None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_dpo.data.records import DataValidationError
-
-log = logging.getLogger(__name__)
 
 ON_INVALID_CHOICES = ("error", "skip")
 #: Reasons a record is refused, as counted in skip mode.
@@ -25,7 +22,7 @@ REASONS = (
     "bad_messages",
     "bad_reward",
     "inconsistent_rewards",
-    "prompt_too_long",
+    "identical_tokens",
     "empty_prompt",
 )
 _MAX_REPORTED_ERRORS = 20
@@ -61,12 +58,12 @@ def check_on_invalid(on_invalid: str) -> None:
 
 @dataclass
 class SkipReport:
-    """What validation refused for one source, by reason.
+    """What validation (and truncation) refused for one source, by reason.
 
     Attributes:
         source: The file, folder or dataset the records came from.
         total: Records read (valid or not).
-        skipped: Refused records per reason.
+        skipped: Refused records per reason (skip mode; error mode raises instead).
     """
 
     source: str
@@ -78,13 +75,17 @@ class SkipReport:
         """Records that passed validation."""
         return self.total - sum(self.skipped.values())
 
-    def summary(self) -> str:
-        """One line: records kept and skipped per reason."""
-        head = f"{self.source}: kept {self.kept} of {self.total} records"
+    def counts(self) -> str:
+        """Records read, kept, and refused per reason (skip mode), e.g. ``read 9 records, ...``."""
+        head = f"read {self.total} record{'' if self.total == 1 else 's'}, kept {self.kept}"
         if not self.skipped:
             return head
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
-        return f"{head}; skipped {sum(self.skipped.values())} ({reasons})"
+        return f"{head}, refused {sum(self.skipped.values())} ({reasons})"
+
+    def summary(self) -> str:
+        """One line: the source, then :meth:`counts`."""
+        return f"{self.source}: {self.counts()}"
 
 
 def apply_policy(
@@ -112,12 +113,3 @@ def apply_policy(
     if report is None:
         raise ValueError("skip mode needs a SkipReport to count the skipped records in")
     report.skipped.update(problem.reason for _, problem in problems)
-
-
-def announce(reports: Sequence[SkipReport]) -> None:
-    """Prints and logs the summary of every report that skipped something."""
-    for report in reports:
-        if report.skipped:
-            message = f"skipped invalid records: {report.summary()}"
-            print(message)
-            log.warning(message)
