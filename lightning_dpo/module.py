@@ -35,8 +35,15 @@ METRIC_NAMES = (
     "logps/rejected",
     "loss/preference",
     "loss/sft",
+    "objective_rewards/chosen",
+    "objective_rewards/rejected",
+    "objective_rewards/margins",
 )
-"""Logged as ``train/<name>`` (each step) and ``val/<name>`` (mean over the validation set)."""
+"""Logged as ``train/<name>`` (each step) and ``val/<name>`` (mean over the validation set).
+
+``rewards/*`` are TRL's (``beta`` times the summed log-ratio, for every objective);
+``objective_rewards/*`` are what the objective compares where that differs (length-normalised
+for ipo/sigmoid_norm/``average_logps``, f-mapped under an f-divergence), else not logged."""
 
 REWARD_FIELDS = ("chosen_reward", "rejected_reward")
 
@@ -207,6 +214,11 @@ class PreferenceModule(pl.LightningModule):
             "loss/preference": output.preference_losses,
             "loss/sft": output.sft_losses,
             **{f"loss/{name}": value for name, value in (output.terms or {}).items()},
+            "objective_rewards/chosen": output.objective_chosen_rewards,
+            "objective_rewards/rejected": output.objective_rejected_rewards,
+            "objective_rewards/margins": None
+            if output.objective_chosen_rewards is None
+            else output.objective_chosen_rewards - output.objective_rejected_rewards,
         }
         for name, value in values.items():
             if value is None:

@@ -111,13 +111,15 @@ def test_ipo_hand_values() -> None:
 
     Pair 1: chosen 4 tokens, policy -8 (mean -2), reference -12 (mean -3): mean ratio +1;
             rejected 2 tokens, policy -6 (mean -3), reference -4 (mean -2): mean ratio -1;
-            d_norm = 1 - (-1) = 2, loss (2 - 2)^2 = 0; rewards 1/4 * 1 = 1/4 and -1/4.
+            d_norm = 1 - (-1) = 2, loss (2 - 2)^2 = 0; objective rewards 1/4 * 1 = 1/4 and -1/4.
             (The summed variant would give d = 4 - (-2) = 6 and loss 16.)
     Pair 2: chosen 5 tokens, -5 / -10 -> means -1 / -2, ratio +1;
             rejected 4 tokens, -4 / -8 -> means -1 / -2, ratio +1;
-            d_norm = 0, loss (0 - 2)^2 = 4; rewards 1/4 and 1/4.
+            d_norm = 0, loss (0 - 2)^2 = 4; objective rewards 1/4 and 1/4.
     Pair 3: chosen 2 tokens, -2 / -8 -> ratio -1 + 4 = +3; rejected 1 token, -4 / -2 -> -2;
-            d_norm = 5, loss (5 - 2)^2 = 9; rewards 3/4 and -1/2.
+            d_norm = 5, loss (5 - 2)^2 = 9; objective rewards 3/4 and -1/2.
+    The rewards are TRL's, beta times the summed ratios: chosen 4, 5, 6 -> 1, 5/4, 3/2;
+    rejected -2, 4, -2 -> -1/2, 1, -1/2.
     """
     logps = make_logps(
         pc=[-8.0, -5.0, -2.0],
@@ -129,8 +131,10 @@ def test_ipo_hand_values() -> None:
     )
     out = ipo_loss(logps, 0.25)
     close(out.losses, [0.0, 4.0, 9.0])
-    close(out.chosen_rewards, [0.25, 0.25, 0.75])
-    close(out.rejected_rewards, [-0.25, 0.25, -0.5])
+    close(out.chosen_rewards, [1.0, 1.25, 1.5])
+    close(out.rejected_rewards, [-0.5, 1.0, -0.5])
+    close(out.objective_chosen_rewards, [0.25, 0.25, 0.75])
+    close(out.objective_rejected_rewards, [-0.25, 0.25, -0.5])
 
 
 def test_rpo_sq_hand_values() -> None:

@@ -223,14 +223,16 @@ def test_sigmoid_norm_hand_values() -> None:
     """-ln sigma(beta d_norm) over per-token means, beta = 1.
 
     Chosen: 4 tokens, policy -8, reference -8 - 4 ln 3: mean ratio ln 3; rejected: 2 tokens,
-    policy = reference: 0. d_norm = ln 3, loss ln(4/3); rewards ln 3 and 0. The summed d would
-    be 4 ln 3.
+    policy = reference: 0. d_norm = ln 3, loss ln(4/3); objective rewards ln 3 and 0. The
+    summed d would be 4 ln 3, and the rewards (TRL's, summed) are 4 ln 3 and 0.
     """
     logps = make_logps(pc=[-8.0], rc=[-8.0 - 4 * LN3], nc=[4], pr=[-3.0], rr=[-3.0], nr=[2])
     out = sigmoid_norm_loss(logps, 1.0)
     close(out.losses, [math.log(4 / 3)])
-    close(out.chosen_rewards, [LN3])
+    close(out.chosen_rewards, [4 * LN3])
     close(out.rejected_rewards, [0.0])
+    close(out.objective_chosen_rewards, [LN3])
+    close(out.objective_rejected_rewards, [0.0])
     torch.testing.assert_close(out.losses, dpo_loss(token_average(logps), 1.0).losses)
 
 

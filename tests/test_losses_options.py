@@ -76,22 +76,26 @@ def test_alpha_divergence_approaches_reverse_kl() -> None:
 def test_f_dpo_forward_kl_hand_values() -> None:
     """f-DPO, forward KL, beta = 1: rho_c = ln 2 -> 1/2, rho_r = -ln 2 -> -1; d = 3/2.
 
-    Loss -ln sigma(3/2) = softplus(-3/2); rewards beta f'(u) = 1/2 and -1.
+    Loss -ln sigma(3/2) = softplus(-3/2); the objective's rewards beta f'(u) = 1/2 and -1; the
+    rewards (TRL's) beta rho = ln 2 and -ln 2.
     """
     logps = make_logps(pc=[LN2 - 1.0], rc=[-1.0], pr=[-LN2 - 2.0], rr=[-2.0])
     out = PreferenceLoss("dpo", beta=1.0, f_divergence="forward_kl")(logps)
     close(out.losses, [F.softplus(torch.tensor(-1.5, dtype=torch.float64)).item()])
-    close(out.chosen_rewards, [0.5])
-    close(out.rejected_rewards, [-1.0])
+    close(out.objective_chosen_rewards, [0.5])
+    close(out.objective_rejected_rewards, [-1.0])
+    close(out.chosen_rewards, [LN2])
+    close(out.rejected_rewards, [-LN2])
 
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "js_divergence", "alpha_divergence"])
-@pytest.mark.parametrize("name", ["dpo", "ipo", "apo_zero", "rpo_bwd_kl"])
+@pytest.mark.parametrize("name", ["dpo", "ipo", "hinge", "rpo_bwd_kl"])
 def test_f_divergence_keeps_gradient_direction_and_finiteness(divergence, name) -> None:
     """The f-maps keep gradient signs, and stay finite at |rho| = 1e4 in float32 and bf16.
 
     f' is increasing, so each objective's gradient signs survive the map (at rho_c = -1,
-    rho_r = 1, beta = 1/2); exponents are capped, so values and gradients stay finite.
+    rho_r = 1, beta = 1/2); exp is continued linearly past e^30, so values and gradients stay
+    finite. (apo_zero, tested here before, now refuses f-divergences.)
     """
     loss = PreferenceLoss(name, beta=0.5, f_divergence=divergence)
     rewards = {"chosen_reward": t(2.0), "rejected_reward": t(0.0)}

@@ -66,6 +66,8 @@ def test_mix_logs_each_term_and_checkpoints_the_bco_shift(tmp_path) -> None:
     for stage in ("train", "val"):
         for name in ("loss", "loss/preference", "loss/sft", "loss/dpo", "loss/bco_pair"):
             assert f"{stage}/{name}" in metrics, f"{stage}/{name}"
+        # summed, unmapped log-ratios: the objective's rewards are rewards/*, not logged twice
+        assert f"{stage}/objective_rewards/chosen" not in metrics
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert int(state["loss.bco_batches"]) == cfg.trainer.max_steps
     assert torch.isfinite(state["loss.bco_mean"])
@@ -88,6 +90,9 @@ def test_every_option_at_once_trains(tmp_path) -> None:
         )
         metrics = train(cfg)
         assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+        # both runs transform what the objective compares (f-map, length normalisation)
+        for name in ("train/objective_rewards/chosen", "val/objective_rewards/margins"):
+            assert name in metrics, name
 
 
 class CaptureFirstBatch(Callback):

@@ -2,7 +2,8 @@
 
 Every objective takes a :class:`PairLogps` (summed response log-probabilities of the chosen and
 rejected completions under the policy and the frozen reference, plus token counts) and returns a
-:class:`LossOutput` holding the *unreduced* per-example losses and the detached implicit rewards.
+:class:`LossOutput` holding the *unreduced* per-example losses and the detached rewards
+``beta * (pi - ref)`` (TRL's definition, for every objective).
 Reduction (the mean over the batch) is left to the caller. :class:`PreferenceLoss` is the
 configurable entry point that Hydra instantiates.
 
@@ -33,13 +34,14 @@ from lightning_dpo.losses.margin import (
 )
 from lightning_dpo.losses.preference import PreferenceLoss
 from lightning_dpo.losses.registry import (
+    F_DIVERGENCE_OBJECTIVES,
     LENGTH_NORMALISED,
     OBJECTIVES,
     QUANTILE_OBJECTIVES,
     REWARD_OBJECTIVES,
 )
 from lightning_dpo.losses.reward import rpo_bwd_kl_loss, rpo_fwd_kl_loss, rpo_sq_loss
-from lightning_dpo.losses.sft import sft_loss, sft_objective
+from lightning_dpo.losses.sft import SFT_AVERAGES, sft_loss, sft_objective
 from lightning_dpo.losses.transforms import (
     F_DIVERGENCES,
     apply_f_divergence,
@@ -51,10 +53,12 @@ from lightning_dpo.losses.transforms import (
 
 __all__ = [
     "F_DIVERGENCES",
+    "F_DIVERGENCE_OBJECTIVES",
     "LENGTH_NORMALISED",
     "OBJECTIVES",
     "QUANTILE_OBJECTIVES",
     "REWARD_OBJECTIVES",
+    "SFT_AVERAGES",
     "LossOutput",
     "PairLogps",
     "PreferenceLoss",

@@ -3,6 +3,9 @@
 ``pi``/``ref`` are summed response log-probs, ``c``/``r`` the chosen and rejected responses and
 ``rho_c = pi_c - ref_c``, ``rho_r = pi_r - ref_r``. Anchoring each response lets these losses say
 whether the chosen likelihood itself should rise or fall, which the margin-only losses cannot.
+It also means f-DPO's f-divergences do not apply: ``beta f'(pi/ref)`` is a reward only up to
+``beta log Z(x)``, which cancels in a margin but not in one response's score, so
+:class:`~lightning_dpo.losses.PreferenceLoss` refuses them here (as TRL).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def bco_pair_loss(logps: PairLogps, beta: float, delta: float | Tensor = 0.0) ->
     https://arxiv.org/abs/2404.04656. With rewards ``r = beta * rho`` and the reward shift
     ``delta``: ``-logsigmoid(r_c - delta) - logsigmoid(-(r_r - delta))``.
     :class:`~lightning_dpo.losses.PreferenceLoss` passes the running mean of the rewards of the
-    training batches seen so far as ``delta`` (as TRL); here it is an argument, so the function
-    stays pure.
+    training batches seen so far as ``delta``, the paper's reward shift (TRL 1.16's
+    ``loss_type="bco_pair"`` uses ``delta = 0``); here it is an argument, so the function stays
+    pure.
 
     Args:
         logps: Log-probabilities of the pairs.

@@ -18,16 +18,27 @@ from torch import Tensor
 class LossOutput(NamedTuple):
     """Result of a preference objective.
 
+    ``chosen_rewards``/``rejected_rewards`` follow TRL's definition for every objective and
+    option: ``beta * (log pi - log ref)`` of each response, summed over its tokens (LD-DPO: the
+    LD-weighted sums, as TRL; ``reference_free``: against 0), neither length-normalised nor
+    f-mapped, so ``rewards/*`` curves compare across objectives and with TRL runs. What an
+    objective itself compares, where that differs (length-normalised for ipo, sigmoid_norm and
+    ``average_logps``; ``beta f'(u)`` under an f-divergence), is in ``objective_*_rewards``.
+
     Attributes:
         losses: ``[B]`` per-example total loss, unreduced (the caller averages).
-        chosen_rewards: ``[B]`` implicit reward of the chosen response, detached.
-        rejected_rewards: ``[B]`` implicit reward of the rejected response, detached.
+        chosen_rewards: ``[B]`` ``beta * (pi_c - ref_c)`` of the chosen response, detached.
+        rejected_rewards: ``[B]`` ``beta * (pi_r - ref_r)`` of the rejected response, detached.
         sft_losses: ``[B]`` NLL term before weighting when the loss has one
             (:class:`~lightning_dpo.losses.PreferenceLoss` only), else ``None``.
         preference_losses: ``[B]`` preference part alone, every objective weighted
             (:class:`~lightning_dpo.losses.PreferenceLoss` only), else ``None``.
         terms: ``{name: [B]}`` each objective of a mix before its weight
             (:class:`~lightning_dpo.losses.PreferenceLoss` with two or more objectives only).
+        objective_chosen_rewards: ``[B]`` the objective's own implicit reward of the chosen
+            response, ``beta`` times the score it compares, detached; ``None`` where that is
+            ``chosen_rewards`` (no length normalisation, no f-divergence).
+        objective_rejected_rewards: ``[B]`` same for the rejected response.
     """
 
     losses: Tensor
@@ -36,6 +47,8 @@ class LossOutput(NamedTuple):
     sft_losses: Tensor | None = None
     preference_losses: Tensor | None = None
     terms: dict[str, Tensor] | None = None
+    objective_chosen_rewards: Tensor | None = None
+    objective_rejected_rewards: Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +151,7 @@ def logratios(logps: PairLogps) -> tuple[Tensor, Tensor]:
 
 
 def mean_logratios(logps: PairLogps, needed_by: str) -> tuple[Tensor, Tensor]:
-    """Length-normalised (per-token mean) policy-minus-reference log-ratios.
+    """Length-normalised log-ratios ``rho / n``: each summed log-ratio over its token count.
 
     Args:
         logps: Log-probabilities of the pairs.
@@ -148,29 +161,38 @@ def mean_logratios(logps: PairLogps, needed_by: str) -> tuple[Tensor, Tensor]:
         ``(chosen, rejected)``, each ``[B]`` and at least float32.
     """
     n_chosen, n_rejected = token_counts(logps, needed_by)
-    chosen = per_token(logps.policy_chosen, n_chosen) - per_token(logps.reference_chosen, n_chosen)
-    rejected = per_token(logps.policy_rejected, n_rejected) - per_token(
-        logps.reference_rejected, n_rejected
-    )
-    return chosen, rejected
+    chosen, rejected = logratios(logps)
+    return per_token(chosen, n_chosen), per_token(rejected, n_rejected)
 
 
-def output(losses: Tensor, chosen: Tensor, rejected: Tensor, beta: float) -> LossOutput:
-    """Package losses with the detached implicit rewards ``beta * log-ratio``.
+def output(
+    losses: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+    beta: float,
+    scores: tuple[Tensor, Tensor] | None = None,
+) -> LossOutput:
+    """Package losses with the detached rewards ``beta * log-ratio``.
 
     Args:
         losses: ``[B]`` per-example losses.
-        chosen: ``[B]`` chosen log-ratios.
-        rejected: ``[B]`` rejected log-ratios.
+        chosen: ``[B]`` summed chosen log-ratios.
+        rejected: ``[B]`` summed rejected log-ratios.
         beta: Inverse temperature of the implicit reward.
+        scores: ``(chosen, rejected)`` scores the objective compares instead of the summed
+            log-ratios (e.g. length-normalised); ``beta`` times them become the
+            ``objective_*_rewards``. ``None``: the objective compares the summed log-ratios.
 
     Returns:
         The assembled :class:`LossOutput`.
     """
+    own = (None, None) if scores is None else tuple((beta * s).detach() for s in scores)
     return LossOutput(
         losses=losses,
         chosen_rewards=(beta * chosen).detach(),
         rejected_rewards=(beta * rejected).detach(),
+        objective_chosen_rewards=own[0],
+        objective_rejected_rewards=own[1],
     )
 
 

@@ -2,7 +2,9 @@
 
 ``pi``/``ref`` are the policy's and the reference's summed response log-probs; ``c``/``r`` the
 chosen and rejected responses. Each function returns unreduced per-pair losses and the
-detached implicit rewards ``beta * (pi - ref)`` of each response.
+detached rewards ``beta * (pi - ref)`` of each response (summed, as TRL). Every objective here
+is a function of the margin, so it admits the f-divergences of f-DPO (the ``beta log Z(x)`` of
+the reparameterised reward cancels in the difference).
 """
 
 from __future__ import annotations
@@ -51,49 +53,55 @@ def dpo_loss(logps: PairLogps, beta: float, label_smoothing: float = 0.0) -> Los
 def sigmoid_norm_loss(logps: PairLogps, beta: float) -> LossOutput:
     """Length-normalised DPO: DPO over per-token mean log-probs.
 
-    The ``dpo_norm`` of Tulu 3 (Lambert et al. 2024, https://arxiv.org/abs/2411.15124), TRL's
-    ``loss_type="sigmoid_norm"``. Every log-prob (policy and reference) is divided by its
-    response's token count, then ``-logsigmoid(beta * d_norm)``. Rewards are length-normalised.
+    The ``dpo_norm`` of Tulu 3 (Lambert et al. 2024, https://arxiv.org/abs/2411.15124), as
+    TRL's ``loss_type="sigmoid_norm"``. Each response's log-ratio is divided by its token count
+    (``rho / n``), then ``-logsigmoid(beta * (rho_c / n_c - rho_r / n_r))``. Under an
+    f-divergence :class:`~lightning_dpo.losses.PreferenceLoss` maps first and divides after,
+    ``f'(e^rho) / n``, as TRL.
 
     Args:
         logps: Log-probabilities of the pairs, with token counts.
         beta: Inverse temperature, > 0 (on a per-token scale, so typically larger than DPO's).
 
     Returns:
-        Unreduced ``[B]`` losses and detached rewards.
+        Unreduced ``[B]`` losses, detached rewards ``beta * rho`` (summed, as TRL) and the
+        length-normalised ``beta * rho / n`` as ``objective_*_rewards``.
 
     Raises:
         ValueError: If the token counts are missing.
     """
     chosen, rejected = mean_logratios(logps, "objective 'sigmoid_norm'")
-    return output(-F.logsigmoid(beta * (chosen - rejected)), chosen, rejected, beta)
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return output(losses, *logratios(logps), beta, scores=(chosen, rejected))
 
 
 def ipo_loss(logps: PairLogps, beta: float) -> LossOutput:
-    """Identity Preference Optimisation, length-normalised as in Hugging Face TRL.
+    """Identity Preference Optimisation, length-normalised as TRL's ``loss_type="ipo"``.
 
     Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-    Preferences", https://arxiv.org/abs/2310.12036.
+    Preferences", https://arxiv.org/abs/2310.12036, eq. (17).
 
     Note:
-        The paper regresses the difference of *summed* log-ratios. Like TRL's ``loss_type="ipo"``
-        this implementation first divides every log-prob (policy and reference) by its response's
-        token count, so ``d_norm`` is a difference of per-token mean log-ratios and the loss is
-        ``(d_norm - 1 / (2 * beta)) ** 2``. Rewards are likewise length-normalised.
+        The paper regresses the difference of *summed* log-ratios. Like TRL this implementation
+        divides each response's log-ratio by its token count, so ``d_norm`` is a difference of
+        per-token mean log-ratios and the loss is ``(d_norm - 1 / (2 * beta)) ** 2`` (TRL says
+        the IPO authors confirmed the paper's results use this form). Under an f-divergence
+        the map comes first, ``f'(e^rho) / n``, as TRL.
 
     Args:
         logps: Log-probabilities of the pairs, with token counts.
         beta: Regularisation strength, > 0; the regression target is ``1 / (2 * beta)``.
 
     Returns:
-        Unreduced ``[B]`` losses and detached (length-normalised) rewards.
+        Unreduced ``[B]`` losses, detached rewards ``beta * rho`` (summed, as TRL) and the
+        length-normalised ``beta * rho / n`` as ``objective_*_rewards``.
 
     Raises:
         ValueError: If the token counts are missing.
     """
     chosen, rejected = mean_logratios(logps, "objective 'ipo'")
     losses = (chosen - rejected - 1.0 / (2.0 * beta)) ** 2
-    return output(losses, chosen, rejected, beta)
+    return output(losses, *logratios(logps), beta, scores=(chosen, rejected))
 
 
 def hinge_loss(logps: PairLogps, beta: float) -> LossOutput:
@@ -145,7 +153,8 @@ def exo_pair_loss(logps: PairLogps, beta: float, label_smoothing: float = 0.0) -
     https://arxiv.org/abs/2402.00856. With ``p = sigmoid(beta * d)`` and the smoothed label
     ``(1 - eps, eps)``: ``KL(Bern(p) || Bern(1 - eps))``
     ``= p (log p - log(1 - eps)) + (1 - p) (log(1 - p) - log eps)``. The label cannot be hard
-    (``log 0``): ``eps = 0`` means ``eps = 1e-3``, as in the paper's code and TRL.
+    (``log 0``): ``eps = 0`` means ``eps = 1e-3``, the value the paper recommends (TRL 1.16
+    refuses ``label_smoothing=0`` for ``exo_pair`` instead).
 
     Args:
         logps: Log-probabilities of the pairs.

@@ -13,11 +13,9 @@ from lightning_dpo.losses.registry import (
     LENGTH_NORMALISED,
     OBJECTIVE_PARAMS,
     OBJECTIVES,
-    QUANTILE_OBJECTIVES,
     REWARD_OBJECTIVES,
-    SMOOTHED_OBJECTIVES,
 )
-from lightning_dpo.losses.sft import sft_loss
+from lightning_dpo.losses.sft import SftAverage, sft_loss
 from lightning_dpo.losses.transforms import (
     apply_f_divergence,
     reference_free,
@@ -29,7 +27,7 @@ _DEFAULTS = {
     "label_smoothing": 0.0,
     "discopop_tau": 0.05,
     "average_logps": False,
-    "sft_average": True,
+    "sft_average": "token",
     "f_divergence": "reverse_kl",
     "f_alpha": 0.5,
     "use_weighting": False,
@@ -45,6 +43,13 @@ class PreferenceLoss(nn.Module):
     lightning_dpo.PreferenceLoss``); the configuration is validated at construction and every
     error names its ``loss.<field>``. The per-example loss is
     ``sum_k weight_k * objective_k * wpo_weight + sft_weight * sft``.
+
+    Each objective reads the pairs through the options, in this order: ``reference_free``
+    (log-ratios against 0), ``f_divergence`` (each summed log-ratio ``rho`` becomes
+    ``f'(e^rho)``), then length normalisation (``average_logps``, ipo, sigmoid_norm: divide by
+    the token count), so a normalised objective under an f-divergence reads ``f'(e^rho) / n``, as
+    TRL. The reported rewards skip the last two steps (TRL's definition, for every objective);
+    what the objective compares is in ``objective_*_rewards`` where it differs.
 
     It is an ``nn.Module`` only so that ``bco_pair``'s running reward mean (two buffers,
     ``bco_mean``/``bco_batches``) follows the LightningModule to its device, into checkpoints,
@@ -63,10 +68,17 @@ class PreferenceLoss(nn.Module):
         discopop_tau: Temperature of DiscoPOP's gate, in ``(0, 1]``.
         average_logps: Preference objectives see per-token mean log-probs instead of sums (IPO
             and sigmoid_norm always do).
-        sft_average: The SFT term is the per-token mean NLL (else the summed NLL).
+        sft_average: Reduction of the SFT term: ``"token"`` (or ``True``; each pair's per-token
+            mean NLL), ``"sum"`` (or ``False``; summed NLL) or ``"batch_token"`` (TRL's token
+            mean over the batch, spread so that the batch mean of the per-example values is it;
+            see :func:`~lightning_dpo.losses.sft_loss`).
         f_divergence: The divergence constraint, one of ``reverse_kl`` (DPO), ``forward_kl``,
-            ``js_divergence``, ``alpha_divergence``: the map applied to each log-ratio.
-        f_alpha: The alpha-divergence coefficient, in ``(0, 1]``.
+            ``js_divergence``, ``alpha_divergence``: the map applied to each summed log-ratio.
+            Anything but ``reverse_kl`` is refused unless every objective is one of
+            :data:`~lightning_dpo.losses.F_DIVERGENCE_OBJECTIVES` (margin objectives).
+        f_alpha: The alpha-divergence coefficient ``alpha`` of f-DPO, in ``(0, 1]``:
+            ``f'(u) = (1 - u^-alpha) / alpha``; TRL's ``f_alpha_divergence_coef`` is
+            ``1 - alpha``.
         use_weighting: WPO: weight each pair by how likely it is under the current policy.
         ld_alpha: LD-DPO: weight in ``[0, 1]`` of the response tokens past the shorter response
             of the pair, applied where the log-probs are summed (policy and reference alike, by
@@ -85,7 +97,7 @@ class PreferenceLoss(nn.Module):
         label_smoothing: float = 0.0,
         discopop_tau: float = 0.05,
         average_logps: bool = False,
-        sft_average: bool = True,
+        sft_average: bool | SftAverage = True,
         f_divergence: str = "reverse_kl",
         f_alpha: float = 0.5,
         use_weighting: bool = False,
@@ -122,30 +134,15 @@ class PreferenceLoss(nn.Module):
         )
         for name, value in options.items():
             setattr(self, name, value)
-        self._check_combinations()
+        check.combinations(
+            set(terms),
+            label_smoothing=self.label_smoothing,
+            f_divergence=self.f_divergence,
+            use_weighting=self.use_weighting,
+        )
         if "bco_pair" in terms:
             self.register_buffer("bco_mean", torch.zeros((), dtype=torch.float64))
             self.register_buffer("bco_batches", torch.zeros((), dtype=torch.long))
-
-    def _check_combinations(self) -> None:
-        """Refuse options that an objective of the loss cannot honour."""
-        names = set(self.components)
-        if self.label_smoothing and not names & SMOOTHED_OBJECTIVES:
-            raise ValueError(
-                f"loss.label_smoothing applies to {sorted(SMOOTHED_OBJECTIVES)}; "
-                f"{sorted(names) or ['sft']} do not read it"
-            )
-        if "aot" in names and self.f_divergence != "reverse_kl":
-            raise ValueError(
-                f"loss.f_divergence={self.f_divergence!r} cannot apply to objective 'aot', which "
-                "compares policy margins with reference margins, not per-response log-ratios: "
-                "use f_divergence='reverse_kl' or objective 'aot_unpaired'"
-            )
-        if self.use_weighting and names & QUANTILE_OBJECTIVES:
-            raise ValueError(
-                "loss.use_weighting (WPO) weights pairs, but "
-                f"{sorted(names & QUANTILE_OBJECTIVES)} return per-quantile losses"
-            )
 
     @property
     def requires_rewards(self) -> bool:
@@ -168,7 +165,10 @@ class PreferenceLoss(nn.Module):
             rejected_reward: ``[B]`` ground-truth rewards of the rejected responses; likewise.
 
         Returns:
-            Unreduced ``[B]`` total losses and detached rewards (those of the first objective);
+            Unreduced ``[B]`` total losses; detached rewards ``beta * (pi - ref)``, summed (TRL's
+            definition, the same for every objective), and ``beta`` times the scores the first
+            objective that transforms them compares (length-normalised and/or f-mapped) in
+            ``objective_*_rewards`` (else ``None``);
             the weighted preference part in ``preference_losses`` (``None`` for ``sft`` alone),
             the unweighted NLL in ``sft_losses`` when there is an SFT term, and each objective's
             unweighted losses in ``terms`` for a mix of two or more.
@@ -178,25 +178,31 @@ class PreferenceLoss(nn.Module):
                 counts, or WPO lacks its log-weights.
         """
         rewards = self._rewards(chosen_reward, rejected_reward)
-        views: dict[bool, PairLogps] = {}
-        terms: dict[str, Tensor] = {}
-        first: LossOutput | None = None
-        for name in self.components:
-            normalised = name in LENGTH_NORMALISED or self.average_logps
-            if normalised not in views:
-                views[normalised] = self._prepare(logps, name if normalised else None)
-            result = self._objective(name, views[normalised], rewards)
-            terms[name] = result.losses
-            first = first or result
+        base = reference_free(logps) if self.reference_free else logps
+        terms, scores = self._terms(base, rewards)
         preference = None
         if terms:
             preference = sum(weight * terms[name] for name, weight in self.components.items())
             if self.use_weighting:
                 preference = preference * wpo_weights(logps)
-        if first is None:
-            summed = self._prepare(logps, None)
-            first = output(torch.zeros(()), *logratios(summed), self.beta)
+        first = output(torch.zeros(()), *logratios(base), self.beta, scores=scores)
         return self._assemble(first, preference, logps, terms)
+
+    def _terms(
+        self, base: PairLogps, rewards: tuple[Tensor, Tensor] | None
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+        """Each objective's unweighted losses, and the first transformed view's log-ratios."""
+        views: dict[bool, PairLogps] = {}
+        terms: dict[str, Tensor] = {}
+        scores: tuple[Tensor, Tensor] | None = None
+        for name in self.components:
+            normalised = name in LENGTH_NORMALISED or self.average_logps
+            if normalised not in views:
+                views[normalised] = self._prepare(base, name if normalised else None)
+            terms[name] = self._objective(name, views[normalised], rewards).losses
+            if scores is None and views[normalised] is not base:
+                scores = logratios(views[normalised])
+        return terms, scores
 
     def _assemble(
         self,
@@ -205,7 +211,7 @@ class PreferenceLoss(nn.Module):
         logps: PairLogps,
         terms: dict[str, Tensor],
     ) -> LossOutput:
-        """Add the SFT term and package the parts."""
+        """Add the SFT term and package the parts with the rewards in ``first``."""
         sft = sft_loss(logps, self.sft_average) if self.sft_term_weight > 0 else None
         if sft is None:
             total = preference
@@ -222,15 +228,14 @@ class PreferenceLoss(nn.Module):
         )
 
     def _prepare(self, logps: PairLogps, normalised_for: str | None) -> PairLogps:
-        """Apply the cross-objective options: reference-free, token averaging, f-divergence."""
-        if self.reference_free:
-            logps = reference_free(logps)
+        """Apply f-divergence, then token averaging (``logps`` is already reference-free)."""
+        logps = apply_f_divergence(logps, self.f_divergence, self.f_alpha)
         if normalised_for is not None:
             needed_by = (
                 "loss.average_logps" if self.average_logps else f"objective {normalised_for!r}"
             )
             logps = token_average(logps, needed_by)
-        return apply_f_divergence(logps, self.f_divergence, self.f_alpha)
+        return logps
 
     def _objective(
         self, name: str, logps: PairLogps, rewards: tuple[Tensor, Tensor] | None
@@ -249,8 +254,9 @@ class PreferenceLoss(nn.Module):
     def _bco_delta(self, logps: PairLogps) -> Tensor:
         """BCO's reward shift: the running mean over training batches of the batch mean reward.
 
-        Updated in training mode only (as a mean of batch means, as TRL); in eval mode the
-        stored mean is read, or the batch's own mean before any training batch.
+        The BCO paper's ``delta`` (TRL 1.16's ``bco_pair`` has none). Updated in training mode
+        only, as a mean of batch means; in eval mode the stored mean is read, or the batch's own
+        mean before any training batch.
         """
         chosen, rejected = logratios(logps)
         batch_mean = (self.beta * torch.cat([chosen, rejected])).mean().detach()

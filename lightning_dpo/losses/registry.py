@@ -56,6 +56,25 @@ LENGTH_NORMALISED: frozenset[str] = frozenset({"ipo", "sigmoid_norm"})
 QUANTILE_OBJECTIVES: frozenset[str] = frozenset({"aot", "aot_unpaired"})
 """Objectives whose losses are per batch quantile, not per pair."""
 
+F_DIVERGENCE_OBJECTIVES: frozenset[str] = frozenset(
+    {
+        "dpo",
+        "sigmoid_norm",
+        "ipo",
+        "hinge",
+        "robust",
+        "exo_pair",
+        "discopop",
+        "rpo_sq",
+        "rpo_fwd_kl",
+        "rpo_bwd_kl",
+    }
+)
+"""Objectives that admit ``f_divergence`` other than ``reverse_kl``: functions of the margin
+``f'(u_c) - f'(u_r)`` of one pair, where the ``beta log Z(x)`` of f-DPO's reparameterised reward
+cancels. TRL 1.16 admits the same, less the rpo family (which it does not have), plus ``sft``
+(which reads no log-ratio: here ``sft`` is not refused in a mix, nor read)."""
+
 OBJECTIVE_PARAMS: dict[str, dict[str, str]] = {
     "dpo": {"label_smoothing": "label_smoothing"},
     "robust": {"label_smoothing": "label_smoothing"},

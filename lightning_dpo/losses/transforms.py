@@ -2,8 +2,9 @@
 
 - :func:`reference_free`: log-ratios against zero instead of the reference.
 - :func:`token_average`: per-token mean log-probs instead of sums.
-- :func:`apply_f_divergence`: replace each log-ratio ``rho = pi - ref`` by ``f'(exp(rho))``, the
-  f-DPO generalisation of DPO's reverse-KL constraint.
+- :func:`apply_f_divergence`: replace each summed log-ratio ``rho = pi - ref`` by
+  ``f'(exp(rho))``, the f-DPO generalisation of DPO's reverse-KL constraint (before any length
+  normalisation, as TRL).
 - :func:`wpo_weights`: WPO's per-pair weights from the policy's own token probabilities.
 
 LD-DPO's down-weighting of the tokens past the shorter response is not here: it must apply to
@@ -25,11 +26,15 @@ from lightning_dpo.losses.core import PairLogps, logratios, token_counts, upcast
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 """Valid ``f_divergence`` names."""
 
-EXP_CAP = 20.0
-"""Largest exponent :func:`f_divergence_map` evaluates (``exp(20) ~ 5e8``). Past it (a log-ratio
-below ``-20 / alpha``: the policy gives the response ``e^-20`` of the reference's probability or
-less) the map is held constant and its gradient is 0, so that ``beta * f'(u)`` and its square
-(IPO, SPPO) stay finite in float32. TRL's ``cap_exp`` caps at ``log(float max)`` instead."""
+EXP_LINEAR_FROM = 30.0
+"""Exponent past which :func:`f_divergence_map` continues ``exp`` along its tangent.
+
+``exp(x)`` is exact up to ``x = 30`` (``e^30 ~ 1e13``) and ``e^30 (1 + x - 30)`` beyond: the
+map stays increasing and C1, its slope there is ``e^30`` (never 0), and at summed log-ratios of
+-1e4 its values (~1e17), their squares (IPO, rpo_sq; ~1e34) and the gradients stay finite in
+float32. A larger threshold would overflow those squares. TRL 1.16 instead clamps the exponent
+at 80 (alpha-divergence: the map is then constant, its gradient 0) or not at all (forward KL:
+``inf`` below a log-ratio of -88)."""
 
 
 def reference_free(logps: PairLogps) -> PairLogps:
@@ -78,6 +83,19 @@ def token_average(logps: PairLogps, needed_by: str = "loss.average_logps") -> Pa
     )
 
 
+def _expm1_tangent(x: Tensor) -> Tensor:
+    """``exp(x) - 1`` up to :data:`EXP_LINEAR_FROM`, continued along its tangent line beyond.
+
+    Args:
+        x: Exponents.
+
+    Returns:
+        ``expm1(min(x, x0)) + e^x0 * max(x - x0, 0)`` with ``x0 = EXP_LINEAR_FROM``.
+    """
+    x0 = EXP_LINEAR_FROM
+    return torch.expm1(x.clamp(max=x0)) + math.exp(x0) * (x - x0).clamp(min=0.0)
+
+
 def f_divergence_map(rho: Tensor, divergence: str, alpha: float = 0.5) -> Tensor:
     """``f'(u)`` at ``u = exp(rho)``, shifted so that ``f'(1) = 0``.
 
@@ -88,12 +106,18 @@ def f_divergence_map(rho: Tensor, divergence: str, alpha: float = 0.5) -> Tensor
     - ``forward_kl``: ``f(u) = -log u``, ``f'(u) + 1 = 1 - 1/u = 1 - exp(-rho)``.
     - ``js_divergence``: ``f'(u) = log(2u / (1 + u)) = log 2 + logsigmoid(rho)``.
     - ``alpha_divergence``: ``f'(u) = (1 - u^-alpha) / alpha = (1 - exp(-alpha rho)) / alpha``;
-      ``alpha -> 0`` is reverse KL, ``alpha = 1`` forward KL.
+      ``alpha -> 0`` is reverse KL, ``alpha = 1`` forward KL. This ``alpha`` is the paper's;
+      TRL's ``f_alpha_divergence_coef`` is its complement, ``1 - alpha`` (TRL writes
+      ``f'(t) = (t^(c - 1) - 1) / (c - 1)``), so both defaults, 0.5, coincide.
 
-    Exponents are capped at :data:`EXP_CAP` (like TRL's ``cap_exp``).
+    ``exp`` is exact up to the exponent :data:`EXP_LINEAR_FROM` and linear beyond, so values
+    and gradients are finite and the gradient never vanishes (``rho`` below
+    ``-EXP_LINEAR_FROM / alpha``: the policy gives the response ``e^-30`` of the reference's
+    probability or less; there the map grows linearly instead of exponentially).
 
     Args:
-        rho: Log-ratios ``pi - ref``.
+        rho: Log-ratios ``pi - ref`` (summed over the response: the map is applied before any
+            length normalisation, as TRL).
         divergence: One of :data:`F_DIVERGENCES`.
         alpha: The alpha-divergence coefficient, in ``(0, 1]`` (``alpha_divergence`` only).
 
@@ -113,18 +137,21 @@ def f_divergence_map(rho: Tensor, divergence: str, alpha: float = 0.5) -> Tensor
         raise ValueError(
             f"loss.f_divergence must be one of {list(F_DIVERGENCES)}, got {divergence!r}"
         )
-    return -torch.expm1((-alpha * rho).clamp(max=EXP_CAP)) / alpha
+    return -_expm1_tangent(-alpha * rho) / alpha
 
 
 def apply_f_divergence(logps: PairLogps, divergence: str, alpha: float = 0.5) -> PairLogps:
-    """The same pairs with each log-ratio ``rho`` replaced by ``f'(exp(rho))``.
+    """The same pairs with each summed log-ratio ``rho`` replaced by ``f'(exp(rho))``.
 
     The result carries the mapped log-ratios as its policy log-probs and zeros as its reference,
-    so any objective reads ``f'(u_c)`` and ``f'(u_l)`` where it read ``rho_c`` and ``rho_r``; its
-    rewards become ``beta f'(u)``, the implicit reward of f-DPO.
+    so any objective reads ``f'(u_c)`` and ``f'(u_l)`` where it read ``rho_c`` and ``rho_r``:
+    ``beta f'(u)`` is f-DPO's implicit reward up to ``beta log Z(x)``, which cancels only in the
+    chosen-minus-rejected difference, so only objectives of the margin may read them
+    (:class:`~lightning_dpo.losses.PreferenceLoss` refuses the others). Token counts are kept:
+    a length-normalised objective then divides the mapped value, ``f'(e^rho) / n`` (as TRL).
 
     Args:
-        logps: Log-probabilities of the pairs.
+        logps: Log-probabilities of the pairs (summed, not yet length-normalised).
         divergence: One of :data:`F_DIVERGENCES`.
         alpha: The alpha-divergence coefficient (``alpha_divergence`` only).
 
@@ -150,8 +177,15 @@ def wpo_weights(logps: PairLogps) -> Tensor:
 
     Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization",
     https://arxiv.org/abs/2406.11827, eq. (2): ``log w(y) = mean_t [log p_t - log sum_v p_v^2]``
-    under the current policy, so off-policy pairs (unlikely under the policy) weigh less. The
-    product is clamped at 1 as in TRL. No gradient flows through the weight.
+    under the current policy, so off-policy pairs (unlikely under the policy) weigh less. No
+    gradient flows through the weight.
+
+    Note:
+        The product is clamped at 1, as TRL before 1.0 did (TRL 1.16 does not): a token the
+        policy finds likelier than ``sum_v p_v^2`` (any mode token) has a log-weight above 0, so
+        unclamped weights exceed 1 and scale a pair's loss above DPO's, and with it the step
+        size tuned for DPO. :class:`~lightning_dpo.losses.PreferenceLoss` weights the preference
+        part only, not the SFT term (TRL 1.16 weights every loss type, ``sft`` included).
 
     Args:
         logps: Pairs carrying ``chosen_weight_logps`` and ``rejected_weight_logps``.

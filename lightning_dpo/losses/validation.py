@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from lightning_dpo.losses.registry import OBJECTIVES
+from lightning_dpo.losses.registry import (
+    F_DIVERGENCE_OBJECTIVES,
+    OBJECTIVES,
+    QUANTILE_OBJECTIVES,
+    SMOOTHED_OBJECTIVES,
+)
+from lightning_dpo.losses.sft import sft_mode
 from lightning_dpo.losses.transforms import F_DIVERGENCES
 
 
@@ -156,6 +162,7 @@ def options(
     f_divergence: object,
     f_alpha: object,
     ld_alpha: object,
+    sft_average: object,
     **flags: object,
 ) -> dict[str, object]:
     """Check the hyper-parameters and cross-objective options of a loss.
@@ -167,6 +174,7 @@ def options(
         f_divergence: One of ``F_DIVERGENCES``.
         f_alpha: In ``(0, 1]``.
         ld_alpha: ``None`` or in ``[0, 1]``.
+        sft_average: ``"token"``, ``"sum"``, ``"batch_token"`` or a bool (stored as its name).
         **flags: Boolean options (``average_logps``, ``use_weighting``, ...).
 
     Returns:
@@ -192,5 +200,61 @@ def options(
         "ld_alpha": None
         if ld_alpha is None
         else in_range("ld_alpha", ld_alpha, 0.0, 1.0, low_open=False, high_open=False),
+        "sft_average": sft_mode(sft_average),  # type: ignore[arg-type]
         **{name: flag(name, value) for name, value in flags.items()},
     }
+
+
+def combinations(
+    names: set[str], *, label_smoothing: float, f_divergence: str, use_weighting: bool
+) -> None:
+    """Refuse options that no objective, or some objective, of the loss cannot honour.
+
+    Args:
+        names: The preference objectives of the loss (``sft`` excluded).
+        label_smoothing: The checked ``loss.label_smoothing``.
+        f_divergence: The checked ``loss.f_divergence``.
+        use_weighting: The checked ``loss.use_weighting``.
+
+    Raises:
+        ValueError: Naming the option and the objectives that cannot read it.
+    """
+    if label_smoothing and not names & SMOOTHED_OBJECTIVES:
+        raise ValueError(
+            f"loss.label_smoothing applies to {sorted(SMOOTHED_OBJECTIVES)}; "
+            f"{sorted(names) or ['sft']} do not read it"
+        )
+    if f_divergence != "reverse_kl":
+        f_divergence_objectives(names, f_divergence)
+    if use_weighting and names & QUANTILE_OBJECTIVES:
+        raise ValueError(
+            "loss.use_weighting (WPO) weights pairs, but "
+            f"{sorted(names & QUANTILE_OBJECTIVES)} return per-quantile losses"
+        )
+
+
+def f_divergence_objectives(names: set[str], f_divergence: str) -> None:
+    """Refuse an f-divergence for objectives where f-DPO's ``beta log Z(x)`` does not cancel.
+
+    Args:
+        names: The preference objectives of the loss (``sft`` excluded).
+        f_divergence: The configured divergence, not ``reverse_kl``.
+
+    Raises:
+        ValueError: If an objective is not in ``F_DIVERGENCE_OBJECTIVES``, or there is none.
+    """
+    refused = sorted(names - F_DIVERGENCE_OBJECTIVES)
+    if refused:
+        raise ValueError(
+            f"loss.f_divergence={f_divergence!r} cannot apply to objective "
+            f"{', '.join(map(repr, refused))}: f-DPO's reward beta * f'(pi/ref) holds only up "
+            "to beta * log Z(x), which cancels in the chosen-minus-rejected margin of one "
+            "pair but not in objectives that score each response on its own or sort across "
+            f"the batch. It applies to {sorted(F_DIVERGENCE_OBJECTIVES)}; use "
+            "f_divergence='reverse_kl' with the others"
+        )
+    if not names:
+        raise ValueError(
+            f"loss.f_divergence={f_divergence!r} applies to "
+            f"{sorted(F_DIVERGENCE_OBJECTIVES)}; 'sft' alone does not read it"
+        )
