@@ -82,6 +82,21 @@ def test_byte_tokenizer_vocabulary_and_specials_are_fixed(byte_tok) -> None:
     assert tokenizer_fingerprint(other) == tokenizer_fingerprint(byte_tok)
 
 
+#: The byte tokenizer's fingerprint: the same in every process and run (cache entries and
+#: reference caches made by one run are found by the next). Only a ``tokenizers`` release
+#: that serialises tokenizers differently may change it (caches are then rebuilt once).
+BYTE_TOKENIZER_FINGERPRINT = "e6336e34909c7e2ca53053ef2ce909081006c5d186afcb7ca31cf21386fcc9ff"
+
+
+def test_byte_tokenizer_fingerprint_is_stable_and_survives_saving(byte_tok, tmp_path) -> None:
+    assert tokenizer_fingerprint(byte_tok) == BYTE_TOKENIZER_FINGERPRINT
+    byte_tok.save_pretrained(tmp_path / "tok")
+    reloaded = load_tokenizer(str(tmp_path / "tok"))
+    text = TRICKY[1] + TRICKY[4]
+    assert reloaded(text)["input_ids"] == byte_tok(text)["input_ids"]
+    assert tokenizer_fingerprint(reloaded) == BYTE_TOKENIZER_FINGERPRINT
+
+
 def test_which_builtin_tokenizer_is_picked(tmp_path: Path) -> None:
     assert load_tokenizer(None).get_vocab() == build_char_tokenizer().get_vocab()
     assert load_tokenizer(None, text_data=True).get_vocab() == build_byte_tokenizer().get_vocab()
