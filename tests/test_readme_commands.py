@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -10,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from tests.conftest import CONF_DIR
+from lightning_dpo.training import train
+from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 README = (CONF_DIR.parent / "README.md").read_text()
 FLAGS = {"-m", "--multirun"}
@@ -57,3 +59,44 @@ def test_readme_command_composes(command):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         compose("train", overrides=overrides, return_hydra_config=True)
+
+
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+
+
+def _block(marker: str) -> str:
+    (block,) = [block for block in PYTHON_BLOCKS if marker in block]
+    return block
+
+
+def test_readme_trainer_example_and_callbacks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(_block("trainer.fit("), "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.global_step == trainer.max_steps
+    assert 0.0 <= float(trainer.callback_metrics["val/rewards/accuracies"]) <= 1.0
+    exec(compile(_block("callbacks = ["), "README.md", "exec"), namespace)
+    assert len(namespace["callbacks"]) == 4
+
+
+@pytest.mark.parametrize("model", ["full", "lora"])
+def test_readme_local_gpt2_walkthrough_trains(tmp_path, monkeypatch, model):
+    """The README's "Train on your own data" with a local GPT-2, on hh-shaped records."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_block("GPT2LMHeadModel"), "README.md", "exec"), {})
+    prompt = (
+        "\n\nHuman: Can you help me?\n\nAssistant: Sure, with what?\n\nHuman: A {}.\n\nAssistant:"
+    )
+    rows = [
+        {"chosen": prompt.format(i) + f" Here's how {i}.", "rejected": prompt.format(i)}
+        for i in range(40)
+    ]
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    overrides = ["data=jsonl", f"data.path={data}", "model.pretrained=gpt2-local"]
+    if model == "lora":
+        overrides += ["model=lora", "model.lora.target_modules=[c_attn]"]
+    cfg = compose_train_config(tmp_path / "run", [*overrides, *FAST_OVERRIDES, *LEAN_OVERRIDES])
+    metrics = train(cfg)
+    assert "val/rewards/accuracies" in metrics

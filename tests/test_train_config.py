@@ -107,15 +107,3 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         log = (job / "train.log").read_text()
         assert "Reference policy:" in log
         assert "`Trainer.fit` stopped: `max_steps=2` reached." in log
-
-
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("```python\n") + len("```python\n")
-    example = readme[start : readme.index("```", start)]
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {}
-    exec(compile(example, "README.md", "exec"), namespace)
-    trainer = namespace["trainer"]
-    assert trainer.global_step == trainer.max_steps
-    assert 0.0 <= float(trainer.callback_metrics["val/rewards/accuracies"]) <= 1.0
