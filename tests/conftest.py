@@ -107,41 +107,18 @@ def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ).sums
 
 
+_DECODER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 128,
+}
 TINY_CONFIGS = {
     "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
-    "llama": (
-        "LlamaConfig",
-        {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 128,
-        },
-    ),
-    "qwen2": (
-        "Qwen2Config",
-        {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 128,
-        },
-    ),
-    "mistral": (
-        "MistralConfig",
-        {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 128,
-        },
-    ),
+    "llama": ("LlamaConfig", {**_DECODER, "num_key_value_heads": 2}),
+    "qwen2": ("Qwen2Config", {**_DECODER, "num_key_value_heads": 1}),
+    "mistral": ("MistralConfig", {**_DECODER, "num_key_value_heads": 1}),
 }
 """Tiny random configs of real architectures, for local checkpoints built in-process."""
 

@@ -8,10 +8,10 @@ default for file data without a pretrained tokenizer (see
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lightning_dpo.data.char_tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN
+from lightning_dpo.data.char_tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, wrap_backend
 
 #: Special tokens, ids 0, 1, 2; byte ``b`` has id ``len(BYTE_SPECIAL_TOKENS) + b``.
 BYTE_SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
@@ -67,17 +67,4 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(BYTE_SPECIAL_TOKENS))
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A $B",
-        special_tokens=[(BOS_TOKEN, vocab[BOS_TOKEN])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=True,
-    )
+    return wrap_backend(backend, vocab[BOS_TOKEN], split_special_tokens=True)

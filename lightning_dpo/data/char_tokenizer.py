@@ -50,17 +50,31 @@ def build_char_tokenizer(alphabet: str = ALPHABET) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    return wrap_backend(backend, vocab[BOS_TOKEN], unk_token=UNK_TOKEN)
+
+
+def wrap_backend(backend: Tokenizer, bos_id: int, **options: object) -> PreTrainedTokenizerFast:
+    """A ``transformers`` tokenizer over a ``tokenizers`` backend with this package's specials.
+
+    Encoding with special tokens prepends ``<s>``; ``<pad>``, ``<s>`` and ``</s>`` are the
+    pad, bos and eos tokens; padding is on the right.
+
+    Args:
+        backend: The ``tokenizers`` model, pre-tokenizer and decoder.
+        bos_id: The id of ``<s>`` in the backend's vocabulary.
+        **options: Further ``PreTrainedTokenizerFast`` arguments (``unk_token``, ...).
+    """
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A",
         pair=f"{BOS_TOKEN} $A $B",
-        special_tokens=[(BOS_TOKEN, vocab[BOS_TOKEN])],
+        special_tokens=[(BOS_TOKEN, bos_id)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
         padding_side="right",
         clean_up_tokenization_spaces=False,
+        **options,
     )
