@@ -41,10 +41,11 @@ from _models import add_threads_argument, build_llama, parse_sizes, set_threads,
 from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY, ReferenceSwapCallback
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.policy import add_lora
+from lightning_dpo.reference import ReferenceSwapCallback
 
 SWAP_COPY = "swap (copy)"
 SWAP_EXCHANGE = "swap (exchange)"
@@ -95,7 +96,7 @@ def quiet() -> None:
 def cache_parameter() -> str | None:
     """Name of ``ReferenceSwapCallback``'s cache-directory argument, if it has one."""
     names = inspect.signature(ReferenceSwapCallback.__init__).parameters
-    return next((name for name in ("cache_dir", "cache") if name in names), None)
+    return next((n for n in ("logps_cache_dir", "cache_dir", "cache") if n in names), None)
 
 
 def write_pairs(path: Path, pairs: int, length: int, seed: int = 0) -> None:

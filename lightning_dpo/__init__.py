@@ -1,13 +1,12 @@
 """lightning-dpo: preference optimisation for causal LMs with a managed reference policy."""
 
-from lightning_dpo.callbacks import ReferenceSwapCallback
+from lightning_dpo.callbacks import GreedySamplesCallback, HFExportCallback, TrainingPlotCallback
+from lightning_dpo.callbacks.export import export_policy
 from lightning_dpo.data import PreferenceDataModule
-from lightning_dpo.export import HFExportCallback, export_policy
 from lightning_dpo.losses import PairLogps, PreferenceLoss
 from lightning_dpo.module import PreferenceModule
-from lightning_dpo.plots import TrainingPlotCallback
 from lightning_dpo.policy import build_policy
-from lightning_dpo.samples import GreedySamplesCallback
+from lightning_dpo.reference import ReferenceSwapCallback
 
 __all__ = [
     "GreedySamplesCallback",

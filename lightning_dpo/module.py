@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.integrity import stamp_checkpoint, verify_checkpoint
 from lightning_dpo.logprobs import (
     DEFAULT_LOGPS_CHUNK_SIZE,
@@ -53,7 +53,7 @@ class PreferenceModule(pl.LightningModule):
 
     The module computes the policy's log-probs and the loss; it reads the reference
     log-probs from ``batch["reference_logps"]``, which
-    :class:`~lightning_dpo.callbacks.ReferenceSwapCallback` (or any other producer)
+    :class:`~lightning_dpo.reference.ReferenceSwapCallback` (or any other producer)
     puts there. It does not know which strategy produced them.
 
     Args:
@@ -79,8 +79,8 @@ class PreferenceModule(pl.LightningModule):
                 f"logps_chunk_size must be a positive number of positions or None, "
                 f"got {logps_chunk_size}"
             )
-        if not callable(loss):
-            raise TypeError(f"loss must be callable (a PreferenceLoss), got {type(loss).__name__}")
+        if not isinstance(loss, PreferenceLoss):
+            raise TypeError(f"loss must be a PreferenceLoss, got {type(loss).__name__}")
         self.policy = policy
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -111,11 +111,16 @@ class PreferenceModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check, before the first step, that the data carries what the loss needs."""
-        if not getattr(self.loss, "requires_rewards", False) or self._trainer is None:
+        if not self.loss.requires_rewards or self._trainer is None:
             return
         datamodule = self.trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "require_fields"):
             datamodule.require_fields(REWARD_FIELDS, reason=f"by loss {self.loss!r}")
+
+    @property
+    def reference_free(self) -> bool:
+        """Whether the loss needs no reference log-probs (the reference callback then skips)."""
+        return self.loss.reference_free
 
     def sequence_logps(
         self, batch: dict[str, Tensor], *, wpo_weights: bool = False
@@ -134,7 +139,7 @@ class PreferenceModule(pl.LightningModule):
             batch["input_ids"],
             batch["attention_mask"],
             batch["loss_mask"],
-            ld_alpha=getattr(self.loss, "ld_alpha", None),
+            ld_alpha=self.loss.ld_alpha,
             wpo_weights=wpo_weights,
             chunk_size=self.logps_chunk_size,
         )
@@ -142,7 +147,7 @@ class PreferenceModule(pl.LightningModule):
     def logps_settings(self) -> dict[str, float | None]:
         """What, besides weights and data, changes the reference log-probs (cache key)."""
         return {
-            "ld_alpha": getattr(self.loss, "ld_alpha", None),
+            "ld_alpha": self.loss.ld_alpha,
             "logps_chunk_size": self.logps_chunk_size,
         }
 
@@ -152,13 +157,12 @@ class PreferenceModule(pl.LightningModule):
         A ``reference_free`` loss needs no reference log-probs; zeros stand in when the
         batch has none.
         """
-        reference_free = getattr(self.loss, "reference_free", False)
-        if REFERENCE_LOGPS_KEY not in batch and not reference_free:
+        if REFERENCE_LOGPS_KEY not in batch and not self.reference_free:
             raise RuntimeError(
                 f"batch has no '{REFERENCE_LOGPS_KEY}': add lightning_dpo.ReferenceSwapCallback "
                 "to the Trainer's callbacks"
             )
-        policy = self.sequence_logps(batch, wpo_weights=getattr(self.loss, "use_weighting", False))
+        policy = self.sequence_logps(batch, wpo_weights=self.loss.use_weighting)
         reference = batch.get(REFERENCE_LOGPS_KEY)
         if reference is None:
             reference = torch.zeros_like(policy.sums)

@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_dpo.plots import new_figure
+from lightning_dpo.callbacks.plots import new_figure
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_dpo.callbacks.progress import progress_bar
 from lightning_dpo.config_types import check_types
-from lightning_dpo.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,25 @@ def build_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     return instantiate(node, **kwargs)
 
 
-def instantiate_group(cfg: DictConfig, key: str) -> list[Any]:
-    """Instantiate each entry of a config group dict (``callbacks``, ``logger``)."""
-    group = cfg.get(key)
-    if not group:
-        return []
-    return [build_node(cfg, f"{key}.{name}") for name, entry in group.items() if entry is not None]
+def instantiate_group(cfg: DictConfig, key: str) -> dict[str, Any]:
+    """Instantiate each entry of a config group dict (``callbacks``, ``logger``), by name."""
+    group = cfg.get(key) or {}
+    return {
+        name: build_node(cfg, f"{key}.{name}") for name, entry in group.items() if entry is not None
+    }
+
+
+def connect_callbacks(callbacks: dict[str, Callback], datamodule: Any) -> None:
+    """Wire, explicitly, what the callbacks need of each other and of the data.
+
+    Every callback with a ``connect`` method gets the datamodule and the reference callback
+    (``callbacks.reference``), instead of searching ``trainer.callbacks`` or reading
+    ``trainer.datamodule`` itself.
+    """
+    reference = callbacks.get("reference")
+    for callback in callbacks.values():
+        if hasattr(callback, "connect"):
+            callback.connect(datamodule=datamodule, reference=reference)
 
 
 def without_lr_monitor(callbacks: list[Callback]) -> list[Callback]:
@@ -63,8 +76,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     datamodule = build_node(cfg, "data")
     policy = build_node(cfg, "model", tokenizer=datamodule.tokenizer)
     module = build_node(cfg, "module", policy=policy, loss=build_node(cfg, "loss"))
-    callbacks: list[Callback] = instantiate_group(cfg, "callbacks")
-    loggers: list[Logger] = instantiate_group(cfg, "logger")
+    named = instantiate_group(cfg, "callbacks")
+    connect_callbacks(named, datamodule)
+    loggers: list[Logger] = list(instantiate_group(cfg, "logger").values())
+    callbacks: list[Callback] = list(named.values())
     if not loggers:
         callbacks = without_lr_monitor(callbacks)
     arguments = trainer_arguments(cfg, callbacks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,6 +16,7 @@ from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
 from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import add_lora, build_tiny_llama
 from lightning_dpo.reference import eval_mode
+from lightning_dpo.reference.diagnostics import BracketCounter
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -47,6 +49,43 @@ def lora_policy(tokenizer):
         num_key_value_heads=2,
     )
     return add_lora(base, r=4, lora_alpha=8)
+
+
+@pytest.fixture
+def brackets():
+    """Counts each reference callback's brackets during the test (``brackets.of(callback)``)."""
+    with BracketCounter() as counter:
+        yield counter
+
+
+def make_bare_trainer(root: Path, callbacks: list, max_steps: int = 5, **kwargs) -> pl.Trainer:
+    """A quiet CPU ``Trainer``: no logger, checkpoints, progress bar, summary or sanity check.
+
+    Validation is off unless ``limit_val_batches`` is given; any other argument overrides.
+    """
+    settings = {
+        "default_root_dir": root,
+        "max_steps": max_steps,
+        "callbacks": callbacks,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **kwargs,
+    }
+    return pl.Trainer(**settings)
+
+
+@pytest.fixture
+def bare_trainer(tmp_path):
+    """:func:`make_bare_trainer` under the test's ``tmp_path``: ``bare_trainer(callbacks, ...)``."""
+
+    def build(callbacks: list, max_steps: int = 5, **kwargs) -> pl.Trainer:
+        return make_bare_trainer(tmp_path, callbacks, max_steps, **kwargs)
+
+    return build
 
 
 def small_datamodule(tokenizer=None, batch_size: int = 8, **kwargs) -> PreferenceDataModule:

@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from lightning_dpo import ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
 from lightning_dpo.data import collate_pairs
-from lightning_dpo.data.windows import WINDOW_KEY, WindowedDataLoader, WindowSlot
+from lightning_dpo.data.windows import WindowedDataLoader, WindowSlot
 from lightning_dpo.training import build
 from tests.conftest import (
     FAST_OVERRIDES,
@@ -81,7 +81,7 @@ def _fit(tmp_path, policy, tokenizer, accumulate, windows, max_steps=4, **callba
 
 
 def test_one_swap_per_optimizer_step_with_bitwise_the_same_reference(
-    tmp_path, tiny_policy, tokenizer
+    brackets, tmp_path, tiny_policy, tokenizer
 ):
     """Accumulating 3 micro-batches per step gives one bracket per step, same reference.
 
@@ -93,8 +93,8 @@ def test_one_swap_per_optimizer_step_with_bitwise_the_same_reference(
         tmp_path / "p", tiny_policy, tokenizer, 3, windows=False
     )
     assert len(batches) == len(plain_batches) == 3 + 3 + 2 + 3
-    assert windowed.brackets == 4
-    assert per_batch.brackets == 11
+    assert brackets.of(windowed) == 4
+    assert brackets.of(per_batch) == 11
     for ours, theirs in zip(batches, plain_batches, strict=True):
         assert ours.keys() == theirs.keys()
         for key in theirs:
@@ -109,7 +109,7 @@ def test_one_swap_per_optimizer_step_with_bitwise_the_same_reference(
     )
 
 
-def test_tr_dpo_reference_updates_between_windows(tmp_path, tiny_policy, tokenizer):
+def test_tr_dpo_reference_updates_between_windows(brackets, tmp_path, tiny_policy, tokenizer):
     """TR-DPO syncs after every optimizer step, i.e. between windows.
 
     Every micro-batch still sees the reference of its step, bitwise as with one swap per
@@ -118,7 +118,7 @@ def test_tr_dpo_reference_updates_between_windows(tmp_path, tiny_policy, tokeniz
     options = {"sync_every": 1, "sync_alpha": 0.5}
     windowed, batches, _ = _fit(tmp_path / "w", tiny_policy, tokenizer, 2, True, **options)
     per_batch, plain_batches, _ = _fit(tmp_path / "p", tiny_policy, tokenizer, 2, False, **options)
-    assert (windowed.brackets, per_batch.brackets) == (4, 8)
+    assert (brackets.of(windowed), brackets.of(per_batch)) == (4, 8)
     references = [b[REFERENCE_LOGPS_KEY] for b in batches]
     assert all(
         torch.equal(ours, b[REFERENCE_LOGPS_KEY])
@@ -128,7 +128,9 @@ def test_tr_dpo_reference_updates_between_windows(tmp_path, tiny_policy, tokeniz
     assert not torch.equal(references[2], reference_logps(tiny_policy, batches[2]))
 
 
-def test_windows_that_straddle_a_reference_update_are_recomputed(tmp_path, tiny_policy, tokenizer):
+def test_windows_that_straddle_a_reference_update_are_recomputed(
+    brackets, tmp_path, tiny_policy, tokenizer
+):
     """A reference update inside a window: its later micro-batches are rescored.
 
     A user's WindowedDataLoader whose windows (2) do not match the accumulation (3): a
@@ -151,13 +153,13 @@ def test_windows_that_straddle_a_reference_update_are_recomputed(tmp_path, tiny_
     (windowed, batches), (plain, plain_batches) = runs["windowed"], runs["plain"]
     # Windows [0,1] [2,3] [4,5] [6,7]; steps (and updates) after micro-batches 2, 5 and 7.
     # Brackets at 0, 2, 3 (its window was scored before step 1's update), 4 and 6.
-    assert windowed.brackets == 5
-    assert plain.brackets == 8
+    assert brackets.of(windowed) == 5
+    assert brackets.of(plain) == 8
     for ours, theirs in zip(batches, plain_batches, strict=True):
         assert torch.equal(ours[REFERENCE_LOGPS_KEY], theirs[REFERENCE_LOGPS_KEY])
 
 
-def test_windows_cross_worker_processes(tmp_path, tiny_policy, tokenizer):
+def test_windows_cross_worker_processes(brackets, tmp_path, tiny_policy, tokenizer):
     """With a (persistent) worker process the windows are collated there and pickled whole.
 
     8 micro-batches per epoch, 2 per step: 6 steps run into a second epoch of the worker.
@@ -166,41 +168,41 @@ def test_windows_cross_worker_processes(tmp_path, tiny_policy, tokenizer):
     reference, record = ReferenceSwapCallback(), RecordReference()
     trainer = _trainer(tmp_path, [reference, record], max_steps=6, accumulate_grad_batches=2)
     trainer.fit(module, datamodule=small_datamodule(tokenizer, num_workers=1))
-    assert reference.brackets == 6
+    assert brackets.of(reference) == 6
     assert len(record.batches) == 12
     for batch in record.batches:
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(tiny_policy, batch))
 
 
 def test_unwindowed_accumulation_says_how_to_swap_once_per_step(
-    tmp_path, tiny_policy, tokenizer, caplog
+    brackets, tmp_path, tiny_policy, tokenizer, caplog
 ):
     reference = ReferenceSwapCallback()
     trainer = _trainer(tmp_path, [reference], max_steps=1, accumulate_grad_batches=2)
     datamodule = small_datamodule(tokenizer, reference_windows=False)
     with caplog.at_level(logging.INFO):
         trainer.fit(_module(tiny_policy), datamodule=datamodule)
-    assert reference.brackets == 2
+    assert brackets.of(reference) == 2
     assert caplog.text.count("one reference swap per micro-batch") == 1
 
 
-def test_lora_and_cache_references_accept_windows(tmp_path, lora_policy, tokenizer):
+def test_lora_and_cache_references_accept_windows(brackets, tmp_path, lora_policy, tokenizer):
     """The adapter-disabled reference brackets once per step too; the cache needs none."""
     lora, batches, _ = _fit(tmp_path / "lora", lora_policy, tokenizer, 2, True, max_steps=2)
-    assert lora.brackets == 2
+    assert brackets.of(lora) == 2
     for batch in batches:
         with lora_policy.disable_adapter():
             expected = reference_logps(lora_policy, batch)
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], expected)
     cache_dir = tmp_path / "cache"
     cached, batches, _ = _fit(
-        tmp_path / "c", lora_policy, tokenizer, 2, True, max_steps=2, cache_dir=str(cache_dir)
+        tmp_path / "c", lora_policy, tokenizer, 2, True, max_steps=2, logps_cache_dir=str(cache_dir)
     )
-    assert cached.brackets == 0
+    assert brackets.of(cached) == 0
     assert len(batches) == 4
 
 
-def test_config_accumulation_swaps_once_per_optimizer_step(tmp_path):
+def test_config_accumulation_swaps_once_per_optimizer_step(brackets, tmp_path):
     """``python train.py trainer.accumulate_grad_batches=2``: windows with no other change."""
     overrides = ["trainer.accumulate_grad_batches=2", *FAST_OVERRIDES, *LEAN_OVERRIDES]
     datamodule, module, trainer = build(compose_train_config(tmp_path, overrides))
@@ -211,7 +213,7 @@ def test_config_accumulation_swaps_once_per_optimizer_step(tmp_path):
     # 8 micro-batches; val_check_interval=2 counts optimizer steps (train.py passes 4
     # batches to Lightning): 2 validations of 2 batches, one bracket each.
     assert trainer.num_val_batches[0] == 2
-    assert reference.brackets == 4 + 2 * 2
+    assert brackets.of(reference) == 4 + 2 * 2
 
 
 class GrabSlots(Callback):
@@ -228,7 +230,7 @@ class GrabSlots(Callback):
 def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, tokenizer, cache):
     """Each window lets go of every micro-batch and log-prob it handed out."""
     grab = GrabSlots()
-    reference = ReferenceSwapCallback(cache_dir=str(tmp_path / "cache") if cache else None)
+    reference = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "cache") if cache else None)
     trainer = _trainer(tmp_path, [grab, reference], max_steps=3, accumulate_grad_batches=3)
     trainer.fit(_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
     assert len(grab.slots) == 8
@@ -236,11 +238,11 @@ def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, to
     assert len(windows) == 3
     for window in windows:
         assert window.batches == [None] * len(window.batches)
-        assert window.reference_logps == [None] * len(window.batches)
+        assert window.holds_nothing
 
 
 def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(
-    tmp_path, tiny_policy, tokenizer
+    brackets, tmp_path, tiny_policy, tokenizer
 ):
     """Checkpoint after 2 steps of 3 micro-batches, resume 2 more from a scrambled policy."""
     trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2, accumulate_grad_batches=3)
@@ -256,7 +258,7 @@ def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(
     resumed = _trainer(tmp_path, [reference, record], max_steps=4, accumulate_grad_batches=3)
     resumed.fit(_module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint)
     assert resumed.global_step == 4
-    assert reference.brackets == 2
+    assert brackets.of(reference) == 2
     assert len(record.batches) == 2 + 3  # the rest of epoch 1 (2 micro-batches), one full step
     for batch in record.batches:
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(tiny_policy, batch))

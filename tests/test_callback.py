@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
-from tests.conftest import reference_logps, small_datamodule
+from tests.conftest import make_bare_trainer, reference_logps, small_datamodule
 
 
 class RecordBatches(Callback):
@@ -38,18 +38,8 @@ def _module(policy, objective="dpo", lr=1e-2):
 
 
 def _trainer(tmp_path, callbacks, max_steps=5, **kwargs):
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=max_steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
-    )
+    """:func:`~tests.conftest.make_bare_trainer` (for tests that fit several times)."""
+    return make_bare_trainer(tmp_path, callbacks, max_steps, **kwargs)
 
 
 def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy, tokenizer):
@@ -59,7 +49,7 @@ def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy,
     _trainer(tmp_path, [reference_callback, recorder], max_steps=6).fit(
         _module(tiny_policy), datamodule=small_datamodule(tokenizer)
     )
-    assert isinstance(reference_callback.strategy, HostSnapshotReference)
+    assert isinstance(reference_callback.weights, HostSnapshotReference)
     first, last = recorder.batches[0], recorder.batches[-1]
     for batch in (first, last):
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
@@ -93,7 +83,7 @@ def test_lora_mode_uses_the_base_model_and_no_snapshot(tmp_path, lora_policy, to
     _trainer(tmp_path, [reference_callback, recorder], max_steps=4).fit(
         _module(lora_policy), datamodule=small_datamodule(tokenizer)
     )
-    assert isinstance(reference_callback.strategy, AdapterDisabledReference)
+    assert isinstance(reference_callback.weights, AdapterDisabledReference)
     assert "reference_snapshot" not in reference_callback.state_dict()
     last = recorder.batches[-1]
     assert torch.equal(last[REFERENCE_LOGPS_KEY], reference_logps(base, last))
@@ -135,12 +125,12 @@ def test_exception_in_reference_forward_restores_policy_and_checkpoint(
     module = _module(tiny_policy)
     with pytest.raises(RuntimeError, match="injected"):
         trainer.fit(module, datamodule=small_datamodule(tokenizer))
-    assert not reference_callback.strategy.in_flight
+    assert not reference_callback.weights.in_flight
     after = module.policy.state_dict()
     for name, tensor in failer.weights_before.items():
         assert torch.equal(after[name], tensor), name
     saved = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)["state_dict"]
-    snapshot = reference_callback.strategy.snapshot
+    snapshot = reference_callback.weights.snapshot
     for name, tensor in failer.weights_before.items():
         assert torch.equal(saved[f"policy.{name}"], tensor), name
     moved = [n for n in snapshot if not torch.equal(snapshot[n], failer.weights_before[n])]

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dpo.checkpointing import LastStepCheckpoint
+from lightning_dpo.callbacks.checkpointing import LastStepCheckpoint
 
 
 class PlateauModule(pl.LightningModule):

@@ -6,17 +6,16 @@ import copy
 from functools import partial
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.export import BASE_MODEL_SUBDIR, HFExportCallback
+from lightning_dpo.callbacks.export import BASE_MODEL_SUBDIR, HFExportCallback
 from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.reference import HostSnapshotReference, reference_context
-from tests.conftest import small_datamodule
+from tests.conftest import make_bare_trainer, small_datamodule
 
 
 def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):
@@ -26,17 +25,11 @@ def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):
         policy, PreferenceLoss("dpo", beta=0.1), partial(torch.optim.AdamW, lr=1e-2)
     )
     export_dir = tmp_path / "hf_export"
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=steps,
-        callbacks=[ReferenceSwapCallback(), HFExportCallback(export_dir, merge_lora=merge_lora)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+    reference = ReferenceSwapCallback()
+    export = HFExportCallback(
+        export_dir, merge_lora=merge_lora, tokenizer=datamodule.tokenizer, reference=reference
     )
+    trainer = make_bare_trainer(tmp_path, [reference, export], max_steps=steps)
     trainer.fit(module, datamodule=datamodule)
     return datamodule, export_dir
 
@@ -98,13 +91,13 @@ def test_merged_lora_export_is_a_plain_model_and_leaves_the_policy_unmerged(tmp_
 
 
 def test_export_refuses_while_reference_weights_are_swapped_in(tmp_path, tiny_policy):
-    reference_callback = ReferenceSwapCallback()
-    reference_callback.strategy = HostSnapshotReference.capture(tiny_policy)
-    trainer = SimpleNamespace(callbacks=[reference_callback])
+    weights = HostSnapshotReference.capture(tiny_policy)
+    reference_callback = SimpleNamespace(weights=weights)
     module = SimpleNamespace(policy=tiny_policy)
+    export = HFExportCallback(tmp_path / "export", reference=reference_callback)
     with (
-        reference_context(reference_callback.strategy, tiny_policy),
+        reference_context(weights, tiny_policy),
         pytest.raises(RuntimeError, match="reference weights are swapped"),
     ):
-        HFExportCallback(tmp_path / "export").on_fit_end(trainer, module)
+        export.on_fit_end(SimpleNamespace(), module)
     assert not (tmp_path / "export").exists()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from functools import partial
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -22,10 +21,16 @@ from lightning_dpo import (
     PreferenceModule,
     ReferenceSwapCallback,
 )
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.losses import OBJECTIVES
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
+from tests.conftest import (
+    CONF_DIR,
+    FAST_OVERRIDES,
+    LEAN_OVERRIDES,
+    compose_train_config,
+    make_bare_trainer,
+)
 
 REPO = CONF_DIR.parent
 LOSS_NAMES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
@@ -125,15 +130,7 @@ def test_ld_alpha_applies_to_the_reference_forward_too(tiny_policy, tokenizer, t
         loss=PreferenceLoss("dpo", ld_alpha=0.25),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        callbacks=[ReferenceSwapCallback(), capture],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_bare_trainer(tmp_path, [ReferenceSwapCallback(), capture], max_steps=1)
     datamodule = PreferenceDataModule(tokenizer, train_file=str(data), val_file=str(data))
     trainer.fit(module, datamodule=datamodule)
     torch.testing.assert_close(capture.reference, capture.policy.sums)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import csv
 from functools import partial
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from matplotlib.image import imread
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.plots import PANEL_METRICS, TrainingPlotCallback, plot_training_curves
-from tests.conftest import small_datamodule
+from lightning_dpo.callbacks.plots import PANEL_METRICS, TrainingPlotCallback, plot_training_curves
+from tests.conftest import make_bare_trainer, small_datamodule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -39,16 +38,14 @@ def test_plot_writes_a_png_with_one_panel_per_metric(tmp_path):
 
 def test_callback_history_matches_the_csv_log(tmp_path, tiny_policy):
     callback = TrainingPlotCallback(tmp_path / "curves.png")
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
+    trainer = make_bare_trainer(
+        tmp_path,
+        [ReferenceSwapCallback(), callback],
         max_steps=6,
         val_check_interval=3,
         log_every_n_steps=1,
-        callbacks=[ReferenceSwapCallback(), callback],
         logger=CSVLogger(tmp_path, name="csv", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        limit_val_batches=None,
         num_sanity_val_steps=1,
     )
     module = PreferenceModule(

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import OmegaConf
 
-from lightning_dpo.progress import StepBoundedRichProgressBar
-from lightning_dpo.strategies import check_supported_strategy
+from lightning_dpo.callbacks.progress import StepBoundedRichProgressBar
+from lightning_dpo.reference.strategies import check_supported_strategy
 from lightning_dpo.training import build, train
 from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lightning_dpo import ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
-from lightning_dpo.reference_cache import CachedReference, compute_pair_logps
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
+from lightning_dpo.reference.cache_store import ReferenceLogpsCache, compute_pair_logps
+from lightning_dpo.reference.sources import CachedSource
 from tests.conftest import (
     CONF_DIR,
     FAST_OVERRIDES,
@@ -23,8 +24,39 @@ from tests.conftest import (
 from tests.test_callback import RecordBatches, _module, _trainer
 
 
+class CacheSpy:
+    """Counts the cache tables loaded (hits) and written (misses) since the last reset."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.hits = self.misses = 0
+        load, save = ReferenceLogpsCache.load, ReferenceLogpsCache.save
+
+        def counting_load(store, key):
+            table = load(store, key)
+            self.hits += table is not None
+            return table
+
+        def counting_save(store, key, table):
+            self.misses += 1
+            return save(store, key, table)
+
+        monkeypatch.setattr(ReferenceLogpsCache, "load", counting_load)
+        monkeypatch.setattr(ReferenceLogpsCache, "save", counting_save)
+
+    def counts(self) -> tuple[int, int]:
+        """``(misses, hits)`` since the last call."""
+        counts, self.hits, self.misses = (self.misses, self.hits), 0, 0
+        return counts
+
+
+@pytest.fixture
+def cache_spy(monkeypatch):
+    return CacheSpy(monkeypatch)
+
+
 def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
-    reference, recorder = ReferenceSwapCallback(cache_dir=str(cache_dir)), RecordBatches()
+    reference = ReferenceSwapCallback(logps_cache_dir=str(cache_dir))
+    recorder = RecordBatches()
     forwards = {"n": 0}
     handle = policy.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
     _trainer(tmp_path, [reference, recorder], max_steps=max_steps).fit(
@@ -34,20 +66,20 @@ def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
     return reference, recorder, forwards["n"]
 
 
-def test_cache_miss_then_hit_with_no_reference_forward(tmp_path, tiny_policy, tokenizer):
+def test_cache_miss_then_hit_with_no_reference_forward(tmp_path, tiny_policy, tokenizer, cache_spy):
     initial = copy.deepcopy(tiny_policy)
     first, recorded, forwards_first = _fit(tmp_path, tiny_policy, tokenizer, tmp_path / "c")
-    assert isinstance(first.strategy, CachedReference)
-    assert (first.cache_misses, first.cache_hits) == (2, 0)
+    assert isinstance(first.source, CachedSource) and first.weights is None
+    assert cache_spy.counts() == (2, 0)
     assert len(list((tmp_path / "c").glob("*.pt"))) == 2  # train and val
     for batch in recorded.batches:  # equal to the plain reference (to fp32 rounding)
         torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
 
-    second, _, forwards_second = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
-    assert (second.cache_misses, second.cache_hits) == (0, 2)
+    _, _, forwards_second = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
+    assert cache_spy.counts() == (0, 2)
     # 3 training steps, policy forward only; the first run also ran the cache passes.
     assert forwards_second == 3
-    assert forwards_first == 3 + len(first.strategy.tables["train"]) // 8 + 2
+    assert forwards_first == 3 + len(first.source.tables["train"]) // 8 + 2
 
 
 def test_cache_table_is_bitwise_the_plain_bracket_on_the_same_batches(tiny_policy, tokenizer):
@@ -59,14 +91,15 @@ def test_cache_table_is_bitwise_the_plain_bracket_on_the_same_batches(tiny_polic
         return reference_logps(model, batch)
 
     table = compute_pair_logps(datamodule.ordered_dataloader("val"), forward)
-    lookup = CachedReference({"val": table}, keys={"val": "k"})
+    lookup = CachedSource({"val": table}, keys={"val": "k"})
     for batch in datamodule.ordered_dataloader("val"):
-        assert torch.equal(lookup.lookup("val", batch["pair_index"]), reference_logps(model, batch))
+        assert torch.equal(lookup.logps("val", batch, None), reference_logps(model, batch))
 
 
 @pytest.mark.parametrize("change", ["weights", "data", "max_length"])
-def test_any_key_change_invalidates(tmp_path, tiny_policy, tokenizer, change):
+def test_any_key_change_invalidates(tmp_path, tiny_policy, tokenizer, change, cache_spy):
     _fit(tmp_path, copy.deepcopy(tiny_policy), tokenizer, tmp_path / "c")
+    assert cache_spy.counts() == (2, 0)
     policy, data = copy.deepcopy(tiny_policy), {}
     if change == "weights":
         with torch.no_grad():
@@ -75,30 +108,33 @@ def test_any_key_change_invalidates(tmp_path, tiny_policy, tokenizer, change):
         data["seed"] = 1
     else:
         data["max_length"] = 40
-    again, _, _ = _fit(tmp_path, policy, tokenizer, tmp_path / "c", **data)
-    assert again.cache_misses == 2
+    _fit(tmp_path, policy, tokenizer, tmp_path / "c", **data)
+    assert cache_spy.counts()[0] == 2
 
 
-def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, tokenizer):
+def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, tokenizer, cache_spy):
     initial = copy.deepcopy(tiny_policy)
-    callback = ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))
+    callback = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
     trainer = _trainer(tmp_path, [callback], max_steps=3)
     trainer.fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     recorder = RecordBatches()
-    resumed = ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))
+    cache_spy.counts()
+    resumed = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
     _trainer(tmp_path, [resumed, recorder], max_steps=5).fit(
         _module(copy.deepcopy(tiny_policy)),
         datamodule=small_datamodule(tokenizer),
         ckpt_path=tmp_path / "a.ckpt",
     )
-    assert resumed.cache_misses == 0
+    assert cache_spy.counts() == (0, 2)
     for batch in recorder.batches:
         torch.testing.assert_close(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
     for path in (tmp_path / "c").glob("*.pt"):
         path.unlink()
     with pytest.raises(RuntimeError, match=r"cache .* is missing"):
-        _trainer(tmp_path, [ReferenceSwapCallback(cache_dir=str(tmp_path / "c"))], max_steps=5).fit(
+        _trainer(
+            tmp_path, [ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))], max_steps=5
+        ).fit(
             _module(copy.deepcopy(tiny_policy)),
             datamodule=small_datamodule(tokenizer),
             ckpt_path=tmp_path / "a.ckpt",
@@ -107,7 +143,7 @@ def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, toke
 
 def test_cache_and_tr_dpo_exclude_each_other():
     with pytest.raises(ValueError, match="exclude each other"):
-        ReferenceSwapCallback(cache_dir="x", sync_every=2)
+        ReferenceSwapCallback(logps_cache_dir="x", sync_every=2)
 
 
 def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
@@ -118,7 +154,7 @@ def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
         "-m",
         "loss=dpo,ipo",
         "loss.beta=0.1,0.2",
-        f"+callbacks.reference.cache_dir={cache_dir}",
+        f"callbacks.reference.logps_cache_dir={cache_dir}",
         f"hydra.sweep.dir={sweep_dir}",
         *FAST_OVERRIDES,
         *LEAN_OVERRIDES,

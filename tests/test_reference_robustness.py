@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.policy import build_policy, has_trained_adapter
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
-from lightning_dpo.strategies import check_supported_strategy
+from lightning_dpo.reference.strategies import check_supported_strategy
 from tests.conftest import reference_logps, small_datamodule
 from tests.test_callback import RecordBatches, _module, _trainer
 
@@ -51,10 +51,10 @@ def test_lora_from_existing_adapter_reference_is_base_plus_that_adapter(tmp_path
     _trainer(tmp_path, [callback, recorder], max_steps=4).fit(
         _module(policy), datamodule=small_datamodule(tokenizer)
     )
-    assert isinstance(callback.strategy, HostSnapshotReference)
-    assert all("lora_" in name for name in callback.strategy.snapshot)  # adapter only: small
+    assert isinstance(callback.weights, HostSnapshotReference)
+    assert all("lora_" in name for name in callback.weights.snapshot)  # adapter only: small
     base_bytes = sum(p.numel() * p.element_size() for p in bare_base.parameters())
-    assert callback.strategy.nbytes < base_bytes / 4
+    assert callback.weights.nbytes < base_bytes / 4
     last = recorder.batches[-1]
     assert torch.equal(last[REFERENCE_LOGPS_KEY], reference_logps(initial, last))
     assert not torch.allclose(last[REFERENCE_LOGPS_KEY], reference_logps(bare_base, last))
@@ -70,7 +70,7 @@ def test_bare_base_can_be_chosen_explicitly_for_an_existing_adapter(tmp_path, to
     _trainer(tmp_path, [callback, recorder], max_steps=2).fit(
         _module(policy), datamodule=small_datamodule(tokenizer)
     )
-    assert isinstance(callback.strategy, AdapterDisabledReference)
+    assert isinstance(callback.weights, AdapterDisabledReference)
     batch = recorder.batches[-1]
     assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(bare_base, batch))
 

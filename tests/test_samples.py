@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 from functools import partial
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.samples import GreedySamplesCallback, greedy_completions, markdown_table
-from tests.conftest import small_datamodule
+from lightning_dpo.callbacks.samples import (
+    GreedySamplesCallback,
+    greedy_completions,
+    markdown_table,
+)
+from tests.conftest import make_bare_trainer, small_datamodule
 
 
 def fit_with_samples(tmp_path, policy, callbacks, steps=4):
@@ -19,16 +22,15 @@ def fit_with_samples(tmp_path, policy, callbacks, steps=4):
     module = PreferenceModule(
         policy, PreferenceLoss("dpo", beta=0.1, sft_weight=1.0), partial(torch.optim.AdamW, lr=3e-2)
     )
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
+    reference = ReferenceSwapCallback()
+    for callback in callbacks:
+        callback.connect(datamodule=datamodule, reference=reference)
+    trainer = make_bare_trainer(
+        tmp_path,
+        [reference, *callbacks],
         max_steps=steps,
         val_check_interval=2,
         limit_val_batches=1,
-        callbacks=[ReferenceSwapCallback(), *callbacks],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=1,
     )
     trainer.fit(module, datamodule=datamodule)
@@ -62,9 +64,12 @@ def test_reference_once_then_policy_at_each_validation(tmp_path, policy_fixture,
 
 
 def test_samples_leave_the_training_weights_untouched(tmp_path, tiny_policy):
-    trainer, _ = fit_with_samples(tmp_path, tiny_policy, [], steps=2)
+    trainer, datamodule = fit_with_samples(tmp_path, tiny_policy, [], steps=2)
     before = {name: p.detach().clone() for name, p in tiny_policy.named_parameters()}
-    callback = GreedySamplesCallback(tmp_path / "again", num_prompts=2, max_new_tokens=4)
+    reference = next(c for c in trainer.callbacks if isinstance(c, ReferenceSwapCallback))
+    callback = GreedySamplesCallback(
+        tmp_path / "again", 2, max_new_tokens=4, datamodule=datamodule, reference=reference
+    )
     callback.on_validation_epoch_end(trainer, trainer.lightning_module)  # reference + policy
     assert "reference" in callback.path.read_text()
     for name, param in tiny_policy.named_parameters():

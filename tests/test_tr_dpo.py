@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_dpo import ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import HostSnapshotReference
 from tests.conftest import reference_logps, small_datamodule
 from tests.test_callback import RecordBatches, _module, _trainer
@@ -56,7 +56,7 @@ def test_soft_sync_mixes_reference_and_policy(tmp_path, tiny_policy, tokenizer, 
     assert "ref <- 0.75 ref + 0.25 policy" in caplog.text
     assert caplog.text.count("TR-DPO: reference updated after step") == 1  # step 2 of 3
     at_sync = keeper.policies[2].state_dict()
-    for name, ref in reference.strategy.snapshot.items():
+    for name, ref in reference.weights.snapshot.items():
         torch.testing.assert_close(ref, 0.75 * initial[name] + 0.25 * at_sync[name])
 
 
@@ -68,8 +68,8 @@ def test_lora_tr_dpo_keeps_a_frozen_adapter_copy_starting_at_the_base(
     _trainer(tmp_path, [reference, recorder], max_steps=3).fit(
         _module(lora_policy), datamodule=small_datamodule(tokenizer)
     )
-    assert isinstance(reference.strategy, HostSnapshotReference)
-    assert all("lora_" in name for name in reference.strategy.snapshot)
+    assert isinstance(reference.weights, HostSnapshotReference)
+    assert all("lora_" in name for name in reference.weights.snapshot)
     first = recorder.batches[0]
     assert torch.equal(first[REFERENCE_LOGPS_KEY], reference_logps(base, first))
     later = recorder.batches[2]

@@ -4,11 +4,10 @@ With ``Trainer(accumulate_grad_batches=k)`` one optimizer step consumes ``k``
 micro-batches. :class:`WindowedDataLoader` collates those ``k`` together (a *window*)
 and then yields them one by one, exactly the micro-batches a plain ``DataLoader`` with
 ``batch_size=micro_batch_size`` would yield, in the same order. Each micro-batch carries,
-under :data:`WINDOW_KEY`, a :class:`WindowSlot`: its place in the shared
-:class:`MicroBatchWindow`, through which
-:class:`~lightning_dpo.callbacks.ReferenceSwapCallback` reaches the window's other,
-still-to-come micro-batches at the first one and computes all their reference log-probs
-inside one swap.
+under :data:`~lightning_dpo.batch.WINDOW_KEY`, a :class:`WindowSlot`: its place in the
+shared :class:`MicroBatchWindow`, through which the reference callback reaches the
+window's other, still-to-come micro-batches at the first one and computes all their
+reference log-probs inside one swap (:meth:`MicroBatchWindow.reference_logps`).
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-WINDOW_KEY = "reference_window"
-"""Batch key of the :class:`WindowSlot` of a windowed micro-batch."""
+from lightning_dpo.batch import WINDOW_KEY
 
 
 class MicroBatchWindow:
@@ -33,21 +31,54 @@ class MicroBatchWindow:
 
     Attributes:
         batches: The host micro-batches; an entry becomes ``None`` once consumed.
-        reference_logps: Per micro-batch ``[2B]`` reference log-probs, ``None`` until
-            computed and again once handed out.
-        reference_version: Which reference computed them (the callback's counter of
-            reference updates), ``None`` before.
+        reference_version: Which reference computed the log-probs held (the source's
+            counter of reference updates), ``None`` before.
+
+    The per micro-batch ``[2B]`` reference log-probs are held privately, from when
+    :meth:`reference_logps` computes them until each is handed out.
     """
 
-    __slots__ = ("batches", "reference_logps", "reference_version")
+    __slots__ = ("_logps", "batches", "reference_version")
 
     def __init__(self, batches: list[dict[str, Any]]) -> None:
         self.batches: list[dict[str, Any] | None] = list(batches)
-        self.reference_logps: list[Any] = [None] * len(batches)
+        self._logps: list[Any] = [None] * len(batches)
         self.reference_version: int | None = None
 
     def __repr__(self) -> str:
         return f"MicroBatchWindow({len(self.batches)} micro-batches)"
+
+    @property
+    def holds_nothing(self) -> bool:
+        """Whether every micro-batch and every computed log-prob has been let go of."""
+        return all(item is None for item in [*self.batches, *self._logps])
+
+    def consume(self, position: int) -> None:
+        """Drop the window's hold on micro-batch ``position`` (it has arrived)."""
+        self.batches[position] = None
+
+    def reference_logps(
+        self, position: int, version: int, compute: Callable[[list[Any]], list[Any]]
+    ) -> Any:
+        """Micro-batch ``position``'s reference log-probs, computed with the later ones.
+
+        The first micro-batch to arrive, or the first after a reference update (a new
+        ``version``), calls ``compute`` with the host micro-batches after it; ``compute``
+        returns the log-probs of that micro-batch followed by those of each later one.
+        The others only pick theirs up. Handed-out entries are dropped, so the window
+        holds nothing once its last micro-batch has arrived.
+
+        Args:
+            position: The arriving micro-batch.
+            version: The reference's version now.
+            compute: Later host micro-batches -> log-probs from ``position`` on.
+        """
+        self.consume(position)
+        if self.reference_version != version or self._logps[position] is None:
+            self._logps[position:] = compute(self.batches[position + 1 :])
+            self.reference_version = version
+        logps, self._logps[position] = self._logps[position], None
+        return logps
 
 
 class WindowSlot:
@@ -66,6 +97,14 @@ class WindowSlot:
 
     def __repr__(self) -> str:
         return f"WindowSlot({self.position} of {len(self.window.batches)})"
+
+    def consume(self) -> None:
+        """The micro-batch has arrived: the window lets go of it."""
+        self.window.consume(self.position)
+
+    def reference_logps(self, version: int, compute: Callable[[list[Any]], list[Any]]) -> Any:
+        """This micro-batch's reference log-probs (:meth:`MicroBatchWindow.reference_logps`)."""
+        return self.window.reference_logps(self.position, version, compute)
 
 
 def collate_window(

@@ -18,10 +18,12 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.callbacks import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import snapshot_fingerprint
+from lightning_dpo.reference.diagnostics import BracketCounter
+from tests.conftest import make_bare_trainer
 
 TINY = {
     "hidden_size": 32,
@@ -53,29 +55,25 @@ def main(strategy_name: str, out_dir: Path, accumulate: int = 1) -> None:
     else:
         strategy = "ddp"
     reference, record = ReferenceSwapCallback(), Record()
-    trainer = pl.Trainer(
+    trainer = make_bare_trainer(
+        out_dir,
+        [reference, record],
+        max_steps=4,
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=4,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[reference, record],
     )
-    trainer.fit(module, datamodule=datamodule)
-    snapshot = reference.strategy.state_dict()
+    with BracketCounter() as brackets:
+        trainer.fit(module, datamodule=datamodule)
+    snapshot = reference.weights.snapshot
     torch.save(
         {
             "batches": record.batches,
             "fingerprint": snapshot_fingerprint(snapshot),
-            "snapshot_bytes": reference.strategy.nbytes,
+            "snapshot_bytes": reference.weights.nbytes,
             "snapshot_shapes": {k: tuple(v.shape) for k, v in snapshot.items()},
-            "brackets": reference.brackets,
+            "brackets": brackets.of(reference),
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "key": REFERENCE_LOGPS_KEY,
         },

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_dpo.callbacks import ReferenceSwapCallback
 from lightning_dpo.policy import is_peft_model
+from lightning_dpo.reference.weights import HasWeights
 
 BASE_MODEL_SUBDIR = "base_model"
 """Where an adapter export keeps its base model when the base is not on disk already."""
@@ -98,23 +98,40 @@ class HFExportCallback(Callback):
 
     The export holds the weights of the last training step (not the best checkpoint),
     taken from the strategy's state dict, so it is written by global rank zero only.
-    The tokenizer is taken from ``trainer.datamodule.tokenizer`` when there is one.
     Reload a full model with ``AutoModelForCausalLM.from_pretrained(dirpath)`` and an
     adapter with ``peft.AutoPeftModelForCausalLM.from_pretrained(dirpath)``.
 
     Args:
         dirpath: Output directory.
         merge_lora: For a peft policy, save one merged full model instead of the adapter.
+        tokenizer: Saved beside the model (see :meth:`connect`); ``None`` saves none.
+        reference: The reference callback: with it, an export while reference weights
+            are swapped in is refused.
     """
 
-    def __init__(self, dirpath: str | Path, merge_lora: bool = False) -> None:
+    def __init__(
+        self,
+        dirpath: str | Path,
+        merge_lora: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        reference: HasWeights | None = None,
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.merge_lora = merge_lora
+        self.tokenizer = tokenizer
+        self.reference = reference
+
+    def connect(
+        self, *, datamodule: Any = None, reference: HasWeights | None = None, **_: Any
+    ) -> None:
+        """Wire the data's tokenizer and the reference callback (``train.py`` calls this)."""
+        self.tokenizer = None if datamodule is None else datamodule.tokenizer
+        self.reference = reference
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Export the training weights (refusing if reference weights are swapped in)."""
-        _require_training_weights(trainer)
+        self._require_training_weights()
         self._export(trainer, pl_module)
 
     @override
@@ -130,7 +147,7 @@ class HFExportCallback(Callback):
         if trainer.global_step == 0 or trainer.world_size > 1:
             return
         try:
-            _require_training_weights(trainer)
+            self._require_training_weights()
         except RuntimeError as error:
             rank_zero_info(f"No export after {type(exception).__name__}: {error}")
             return
@@ -139,6 +156,15 @@ class HFExportCallback(Callback):
             f"{type(exception).__name__} at step {trainer.global_step}: the export holds "
             f"the policy of step {trainer.global_step}"
         )
+
+    def _require_training_weights(self) -> None:
+        """Raise if a reference swap is still in flight (the model would hold pi_ref)."""
+        weights = None if self.reference is None else self.reference.weights
+        if weights is not None and weights.in_flight:
+            raise RuntimeError(
+                "HFExportCallback: reference weights are swapped into the policy; refusing "
+                "to export them as the trained model"
+            )
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module_state = trainer.strategy.lightning_module_state_dict()
@@ -151,18 +177,5 @@ class HFExportCallback(Callback):
                 for name, tensor in module_state.items()
                 if name.startswith("policy.")
             }
-        datamodule = getattr(trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        export_policy(pl_module.policy, self.dirpath, tokenizer, self.merge_lora, state)
+        export_policy(pl_module.policy, self.dirpath, self.tokenizer, self.merge_lora, state)
         rank_zero_info(f"Hugging Face export of the policy written to {self.dirpath}")
-
-
-def _require_training_weights(trainer: pl.Trainer) -> None:
-    """Raise if a reference swap is still in flight (the model would hold pi_ref)."""
-    for callback in trainer.callbacks:
-        strategy: Any = getattr(callback, "strategy", None)
-        if isinstance(callback, ReferenceSwapCallback) and getattr(strategy, "in_flight", False):
-            raise RuntimeError(
-                "HFExportCallback: reference weights are swapped into the policy; refusing "
-                "to export them as the trained model"
-            )

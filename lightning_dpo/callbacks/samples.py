@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -15,10 +16,22 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_dpo.callbacks import ReferenceSwapCallback
-from lightning_dpo.reference import eval_mode, reference_context
+from lightning_dpo.reference.weights import HasWeights, eval_mode, reference_context
 
 COLUMNS = ("prompt", "chosen (data)", "completion")
+
+
+@runtime_checkable
+class ValidationPrompts(Protocol):
+    """Where the samples' prompts come from (``PreferenceDataModule`` after setup).
+
+    Attributes:
+        tokenizer: Decodes the token ids.
+        val_pairs: Tokenised validation pairs (``prompt_ids``, ``chosen_ids``).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    val_pairs: Sequence[Any] | None
 
 
 def greedy_completions(
@@ -65,13 +78,12 @@ def markdown_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUM
 class GreedySamplesCallback(Callback):
     """Log greedy completions of a few fixed validation prompts after each validation.
 
-    The prompts are the first ``num_prompts`` validation pairs of
-    ``trainer.datamodule.val_pairs`` (so they stay fixed across validations); each
-    row shows the prompt, the data's chosen response and the policy's greedy
-    completion. Once, at the first validation, the same prompts are also completed
-    by the reference policy, run through the :class:`ReferenceSwapCallback`'s
-    strategy (weights swapped in or adapters disabled, restored afterwards). The
-    policy's own samples use its training weights.
+    The prompts are the first ``num_prompts`` validation pairs of the data's
+    ``val_pairs`` (so they stay fixed across validations); each row shows the prompt,
+    the data's chosen response and the policy's greedy completion. Once, at the first
+    validation, the same prompts are also completed by the reference policy, through
+    the reference callback's weight reference (weights swapped in or adapters disabled,
+    restored afterwards). The policy's own samples use its training weights.
 
     Samples go to ``<dirpath>/samples.md`` (appended), to the console, and as text to a
     TensorBoard (``add_text``) or Weights & Biases (``log_text``) logger when present.
@@ -81,9 +93,20 @@ class GreedySamplesCallback(Callback):
         dirpath: Directory of ``samples.md``.
         num_prompts: How many validation prompts to complete.
         max_new_tokens: Greedy decoding length limit.
+        datamodule: The prompts' source (see :meth:`connect`); by default the datamodule
+            given to ``fit``.
+        reference: The reference callback whose weights complete the reference samples;
+            without it there are none.
     """
 
-    def __init__(self, dirpath: str | Path, num_prompts: int = 4, max_new_tokens: int = 16):
+    def __init__(
+        self,
+        dirpath: str | Path,
+        num_prompts: int = 4,
+        max_new_tokens: int = 16,
+        datamodule: ValidationPrompts | None = None,
+        reference: HasWeights | None = None,
+    ):
         if num_prompts < 1 or max_new_tokens < 1:
             raise ValueError(
                 f"num_prompts and max_new_tokens must be >= 1, got {num_prompts}, {max_new_tokens}"
@@ -91,25 +114,38 @@ class GreedySamplesCallback(Callback):
         self.path = Path(dirpath) / "samples.md"
         self.num_prompts = num_prompts
         self.max_new_tokens = max_new_tokens
+        self.datamodule = datamodule
+        self.reference = reference
         self._reference_done = False
+
+    def connect(
+        self,
+        *,
+        datamodule: ValidationPrompts | None = None,
+        reference: HasWeights | None = None,
+        **_: Any,
+    ) -> None:
+        """Wire the prompts' source and the reference callback (``train.py`` calls this)."""
+        self.datamodule, self.reference = datamodule, reference
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Complete the fixed prompts with the policy (and, the first time, the reference)."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        tokenizer, pairs = _prompts_source(trainer, self.num_prompts)
+        data = self.datamodule if self.datamodule is not None else trainer.datamodule
+        tokenizer, pairs = _prompts_source(data, self.num_prompts)
         prompts = [pair.prompt_ids for pair in pairs]
         if not self._reference_done:
             self._reference_done = True
-            strategy = _reference_strategy(trainer)
-            if strategy is None or not hasattr(strategy, "reference"):
+            weights = None if self.reference is None else self.reference.weights
+            if weights is None:
                 rank_zero_warn(
-                    "GreedySamplesCallback: no reference samples (no ReferenceSwapCallback, "
-                    "or a reference cache, which holds log-probs, not weights)"
+                    "GreedySamplesCallback: no reference samples (no reference callback "
+                    "connected, or a reference cache, which holds log-probs, not weights)"
                 )
             else:
-                with reference_context(strategy, pl_module.policy):
+                with reference_context(weights, pl_module.policy):
                     texts = self._generate(trainer, pl_module, tokenizer, prompts)
                 self._emit(trainer, "reference", _rows(tokenizer, pairs, texts))
         texts = self._generate(trainer, pl_module, tokenizer, prompts)
@@ -136,24 +172,15 @@ class GreedySamplesCallback(Callback):
                 logger.log_text(key=f"samples/{source}", columns=["step", *COLUMNS], data=data)
 
 
-def _prompts_source(trainer: pl.Trainer, count: int):
-    """The datamodule's tokenizer and its first ``count`` validation pairs."""
-    datamodule = getattr(trainer, "datamodule", None)
-    pairs = getattr(datamodule, "val_pairs", None)
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    if not pairs or tokenizer is None:
+def _prompts_source(data: Any, count: int):
+    """The data's tokenizer and its first ``count`` validation pairs."""
+    if not isinstance(data, ValidationPrompts) or not data.val_pairs:
         raise RuntimeError(
-            "GreedySamplesCallback needs trainer.datamodule with `tokenizer` and non-empty "
-            "`val_pairs` (as lightning_dpo.PreferenceDataModule has after setup)"
+            "GreedySamplesCallback needs data with `tokenizer` and non-empty `val_pairs` (as "
+            "lightning_dpo.PreferenceDataModule has after setup): pass it to fit, or as "
+            "GreedySamplesCallback(datamodule=...)"
         )
-    return tokenizer, list(pairs[:count])
-
-
-def _reference_strategy(trainer: pl.Trainer):
-    for callback in trainer.callbacks:
-        if isinstance(callback, ReferenceSwapCallback) and callback.strategy is not None:
-            return callback.strategy
-    return None
+    return data.tokenizer, list(data.val_pairs[:count])
 
 
 def _rows(tokenizer, pairs, texts: list[str]) -> list[tuple[str, str, str]]:

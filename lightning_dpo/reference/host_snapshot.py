@@ -1,68 +1,17 @@
-"""Reference-policy strategies: ways to run the frozen pi_ref without a second model.
-
-Each strategy exposes one context manager, :meth:`reference`, inside which the live
-policy module *is* the reference policy, and which restores the training state on
-exit, whether the body returned or raised. :func:`reference_context` adds what
-every reference forward needs around it: ``torch.no_grad()`` and dropout off.
-"""
+"""Full-parameter reference: a host-memory snapshot swapped into the live weights."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from typing import Literal, Protocol
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_dpo.errors import CheckpointError
 from lightning_dpo.integrity import tensors_fingerprint
-
-
-class ReferenceStrategy(Protocol):
-    """What :class:`~lightning_dpo.callbacks.ReferenceSwapCallback` needs of a strategy."""
-
-    def reference(self, model: nn.Module) -> AbstractContextManager[None]:
-        """Context in which ``model`` computes the reference policy."""
-
-    def restore(self) -> None:
-        """Put the training state back if a reference context is still open; else no-op."""
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode, then restore each one's previous flag.
-
-    Restores the flags the modules had (not a constant), so a partly frozen model in
-    mixed train/eval modes comes back exactly as it was.
-    """
-    previous = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, was_training in previous:
-            module.training = was_training
-
-
-@contextmanager
-def reference_context(strategy: ReferenceStrategy | None, model: nn.Module) -> Iterator[None]:
-    """Run the body as the reference policy: no grad, dropout off, weights swapped.
-
-    ``strategy=None`` means ``model`` is the reference as it is (at fit start, before any
-    update): nothing is swapped.
-    """
-    with torch.no_grad(), eval_mode(model):
-        if strategy is None:
-            yield
-            return
-        with strategy.reference(model):
-            yield
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters that require grad, by their qualified name."""
-    return {name: param for name, param in model.named_parameters() if param.requires_grad}
-
+from lightning_dpo.reference.weights import local_tensor, trainable_parameters
 
 SwapMode = Literal["auto", "copy", "exchange"]
 SWAP_MODES = ("auto", "copy", "exchange")
@@ -71,12 +20,6 @@ SWAP_MODES = ("auto", "copy", "exchange")
 def _host_buffer_like(tensor: Tensor, pin_memory: bool, dtype: torch.dtype | None = None) -> Tensor:
     dtype = dtype or tensor.dtype
     return torch.empty(tensor.shape, dtype=dtype, device="cpu", pin_memory=pin_memory)
-
-
-def local_tensor(param: Tensor) -> Tensor:
-    """The rank-local shard of a sharded (DTensor) parameter, else the tensor itself."""
-    to_local = getattr(param, "to_local", None)
-    return to_local() if callable(to_local) else param
 
 
 def snapshot_fingerprint(snapshot: Mapping[str, Tensor]) -> str:
@@ -114,6 +57,8 @@ class HostSnapshotReference:
             each parameter's own dtype.
         swap_mode: How to swap, see above.
     """
+
+    kind = "snapshot"
 
     def __init__(
         self,
@@ -235,9 +180,42 @@ class HostSnapshotReference:
             if self.pin_memory:
                 torch.cuda.current_stream().synchronize()
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The reference weights by parameter name (host tensors)."""
-        return dict(self.snapshot)
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint state: the reference weights by parameter name and their fingerprint."""
+        return {
+            "reference": self.kind,
+            "reference_snapshot": dict(self.snapshot),
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], policy: nn.Module, swap_mode: SwapMode, where: str
+    ) -> HostSnapshotReference:
+        """The snapshot a checkpoint recorded, verified and matched to ``policy``.
+
+        Args:
+            state: What :meth:`state_dict` returned when the checkpoint was written.
+            policy: The live (resumed) policy the reference is swapped into.
+            swap_mode: How the restored snapshot is swapped in.
+            where: The checkpoint, for messages.
+
+        Raises:
+            CheckpointError: The snapshot does not match its fingerprint, or the model.
+        """
+        snapshot = state["reference_snapshot"]
+        if snapshot_fingerprint(snapshot) != state["fingerprint"]:
+            raise CheckpointError(
+                f"the reference snapshot in {where} does not match its fingerprint: "
+                "the checkpoint is corrupt"
+            )
+        pin = any(param.is_cuda for param in policy.parameters())
+        restored = cls(snapshot, pin_memory=pin, swap_mode=swap_mode)
+        try:
+            restored.check_compatible(policy)
+        except RuntimeError as error:
+            raise CheckpointError(f"{where}: {error}") from None
+        return restored
 
     @property
     def fingerprint(self) -> str:
@@ -265,28 +243,3 @@ class HostSnapshotReference:
                     ref.copy_(live)
                 else:
                     ref.lerp_(live, alpha)
-
-
-class AdapterDisabledReference:
-    """LoRA reference: the base model, reached by disabling the peft adapters.
-
-    No weights are copied: :meth:`peft.PeftModel.disable_adapter` routes the forward
-    around the adapters and re-enables them on exit.
-    """
-
-    nbytes = 0
-    in_flight = False
-
-    @contextmanager
-    def reference(self, model: nn.Module) -> Iterator[None]:
-        """Disable the adapters of the peft ``model`` for the body."""
-        if not hasattr(model, "disable_adapter"):
-            raise TypeError(
-                f"{type(model).__name__} is not a peft model: the adapter-disabled reference "
-                "needs one (use the host snapshot for full-parameter training)"
-            )
-        with model.disable_adapter():
-            yield
-
-    def restore(self) -> None:
-        """Nothing to restore: ``disable_adapter`` re-enables the adapters itself."""

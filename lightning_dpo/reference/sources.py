@@ -1,0 +1,197 @@
+"""Log-prob sources: where a batch's reference log-probs come from.
+
+:class:`SwapSource` runs the reference forward, with a weight reference entered around it
+(one *bracket* per batch, or per optimizer step for a window of micro-batches);
+:class:`CachedSource` looks precomputed log-probs up by ``pair_index``. The reference
+callback holds one source and calls the same three methods on either kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dpo.batch import PAIR_INDEX_KEY, PreferenceBatch
+from lightning_dpo.data.windows import WindowSlot
+from lightning_dpo.reference.cache_store import compute_pair_logps
+from lightning_dpo.reference.weights import WeightReference, reference_context
+
+
+class ReferenceScorer:
+    """The reference forward, wired to one trainer's pieces.
+
+    Args:
+        policy: The live policy.
+        score: Device batch -> ``[2B]`` summed log-probs (the module's ``sequence_logps``).
+        forward_context: The precision plugin's forward context (autocast).
+        to_device: Host batch -> device batch (the strategy's ``batch_to_device``).
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        score: Callable[[PreferenceBatch], Tensor],
+        forward_context: Callable[[], AbstractContextManager[Any]],
+        to_device: Callable[[Any], Any],
+    ) -> None:
+        self.policy = policy
+        self.score = score
+        self.forward_context = forward_context
+        self.to_device = to_device
+
+    @classmethod
+    def wired(cls, trainer: Any, module: Any) -> ReferenceScorer:
+        """The reference forward of ``module`` (``sequence_logps``) on ``trainer``'s pieces."""
+        return cls(
+            module.policy,
+            lambda batch: module.sequence_logps(batch).sums,
+            trainer.precision_plugin.forward_context,
+            trainer.strategy.batch_to_device,
+        )
+
+    def bracket(self, weights: WeightReference | None, batches: Iterable[Any]) -> list[Tensor]:
+        """``[2B]`` log-probs of each device batch, all inside one reference bracket.
+
+        ``weights=None``: the live model is the reference, nothing is swapped. The batches
+        are drawn one at a time inside the bracket, so only one forward is alive at once.
+        """
+        with self.forward_context(), reference_context(weights, self.policy):
+            return [self.score(batch).detach() for batch in batches]
+
+    def table(self, batches: Iterable[Any]) -> Tensor:
+        """``[N, 2]`` log-probs by ``pair_index`` of ordered host batches.
+
+        The live policy is the reference (no weights entered): the cache's pass at fit start.
+        """
+        return compute_pair_logps(
+            batches, lambda batch: self.bracket(None, [self.to_device(batch)])[0]
+        )
+
+
+class LogpsSource(Protocol):
+    """What the reference callback needs of a source of reference log-probs.
+
+    Attributes:
+        weights: The weight reference it swaps in, or ``None`` (a cache holds none).
+    """
+
+    weights: WeightReference | None
+
+    def logps(
+        self,
+        split: str,
+        batch: PreferenceBatch,
+        slot: WindowSlot | None,
+        scorer: ReferenceScorer,
+    ) -> Tensor:
+        """The ``[2B]`` reference log-probs of a device batch (``slot``: its window)."""
+
+    def update(self, policy: nn.Module, alpha: float) -> None:
+        """TR-DPO: move the reference towards ``policy``, or refuse."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint state (``{"reference": kind, ...}``)."""
+
+
+class SwapSource:
+    """Reference log-probs from a forward of the live policy with ``weights`` entered.
+
+    A windowed micro-batch (``slot``) brings its optimizer step's later micro-batches
+    along: the first to arrive computes all of theirs inside one bracket
+    (:meth:`~lightning_dpo.data.windows.MicroBatchWindow.reference_logps`).
+
+    Args:
+        weights: The weight reference.
+    """
+
+    def __init__(self, weights: WeightReference) -> None:
+        self.weights = weights
+        self.version = 0
+        """Reference updates so far (TR-DPO): a window scored before one is rescored."""
+
+    def logps(
+        self,
+        split: str,
+        batch: PreferenceBatch,
+        slot: WindowSlot | None,
+        scorer: ReferenceScorer,
+    ) -> Tensor:
+        """One bracket for the batch, or for its window's micro-batches from this one on."""
+        if slot is None:
+            return self.bracket(scorer, [batch])[0]
+
+        def compute(later: list[Any]) -> list[Tensor]:
+            return self.bracket(scorer, _device_batches(batch, later, scorer))
+
+        return slot.reference_logps(self.version, compute)
+
+    def bracket(self, scorer: ReferenceScorer, batches: Iterable[Any]) -> list[Tensor]:
+        """One bracket: the weights entered once around the forwards of ``batches``."""
+        return scorer.bracket(self.weights, batches)
+
+    def update(self, policy: nn.Module, alpha: float) -> None:
+        """Move the weights towards ``policy``; windows scored before are rescored."""
+        self.weights.update(policy, alpha)
+        self.version += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weight reference's checkpoint state."""
+        return self.weights.state_dict()
+
+
+def _device_batches(first: Any, later: list[Any], scorer: ReferenceScorer) -> Iterator[Any]:
+    """``first`` (on the device already), then each later host batch moved when its turn comes."""
+    yield first
+    for batch in later:
+        yield scorer.to_device(batch)
+
+
+class CachedSource:
+    """Reference log-probs looked up in precomputed ``[N, 2]`` tables by ``pair_index``.
+
+    Args:
+        tables: ``{"train": [N, 2], "val": [M, 2]}`` (chosen, rejected) by pair.
+        keys: The cache key of each table (stored in checkpoints, for resume).
+    """
+
+    weights = None
+
+    def __init__(self, tables: dict[str, Tensor], keys: dict[str, str]) -> None:
+        self.tables = tables
+        self.keys = keys
+
+    def logps(
+        self,
+        split: str,
+        batch: PreferenceBatch,
+        slot: WindowSlot | None,
+        scorer: ReferenceScorer | None = None,
+    ) -> Tensor:
+        """``[2B]`` (chosen rows first) of the batch's pairs (no forward: ``scorer`` unused).
+
+        Raises:
+            KeyError: The batch has no ``pair_index``.
+        """
+        if slot is not None:
+            slot.consume()
+        if PAIR_INDEX_KEY not in batch:
+            raise KeyError(f"the reference cache needs `{PAIR_INDEX_KEY}` in every batch")
+        index = batch[PAIR_INDEX_KEY]
+        values = self.tables[split].to(index.device)[index]
+        return torch.cat([values[:, 0], values[:, 1]])
+
+    def update(self, policy: nn.Module, alpha: float) -> None:
+        """Refused: cached log-probs are of a fixed reference.
+
+        Raises:
+            TypeError: Always.
+        """
+        raise TypeError("a reference cache holds fixed log-probs: TR-DPO cannot update it")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cache keys of the tables."""
+        return {"reference": "cache", "cache_keys": dict(self.keys)}
