@@ -86,6 +86,9 @@ class PreferenceModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.logps_chunk_size = logps_chunk_size
+        self._policy_sharded = False
+        self._last_finite: tuple[int, Tensor, Tensor] | None = None
+        self._said_unstamped = False
         self.val_metrics = nn.ModuleDict(
             {name.replace("/", "_"): MeanMetric() for name in METRIC_NAMES}
         )
@@ -97,8 +100,8 @@ class PreferenceModule(pl.LightningModule):
         own FSDP unit, then the whole policy. Under other strategies this does nothing.
         The reference snapshot then holds each rank's local shards only.
         """
-        mesh = getattr(self, "_device_mesh", None)
-        if mesh is None or getattr(self, "_policy_sharded", False):
+        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy
+        if mesh is None or self._policy_sharded:
             return
         from torch.distributed.fsdp import fully_shard
 
@@ -189,7 +192,7 @@ class PreferenceModule(pl.LightningModule):
             margin = (output.chosen_rewards - output.rejected_rewards).mean()
             self._last_finite = (self.global_step, loss.detach(), margin.detach())
             return
-        last = getattr(self, "_last_finite", None)
+        last = self._last_finite
         history = (
             f"last finite loss {float(last[1]):.6g} at step {last[0]} "
             f"(reward margin {float(last[2]):.6g})"
@@ -261,7 +264,7 @@ class PreferenceModule(pl.LightningModule):
 
         Sharded (FSDP2) checkpoints are not fingerprinted; that is said once.
         """
-        if not stamp_checkpoint(checkpoint) and not getattr(self, "_said_unstamped", False):
+        if not stamp_checkpoint(checkpoint) and not self._said_unstamped:
             self._said_unstamped = True
             rank_zero_info("Sharded checkpoint: its tensors are saved without fingerprints.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -68,8 +69,8 @@ def run_objective(name: str, logps: PairLogps, beta: float, g: float = 0.0) -> L
         batch = logps.policy_chosen.shape[0]
         chosen = torch.full((batch,), g, dtype=torch.float32)
         rejected = torch.zeros(batch, dtype=torch.float32)
-        return OBJECTIVES[name](logps, chosen, rejected, beta, 1.0)
-    return OBJECTIVES[name](logps, beta=beta)
+        return OBJECTIVES[name].function(logps, chosen, rejected, beta, 1.0)
+    return OBJECTIVES[name].function(logps, beta=beta)
 
 
 def close(actual: torch.Tensor, expected: list[float], atol: float = 0.0) -> None:
@@ -430,14 +431,12 @@ def test_registry_contents() -> None:
 
 def test_defaults_and_repr() -> None:
     loss = PreferenceLoss()
-    assert (loss.objective, loss.beta, loss.sft_weight, loss.gt_reward_scale) == (
-        "dpo",
-        0.1,
-        0.0,
-        1.0,
-    )
-    assert repr(loss) == (
-        "PreferenceLoss(objective='dpo', beta=0.1, sft_weight=0.0, gt_reward_scale=1.0)"
+    assert (loss.objective, loss.beta, loss.sft_weight) == ("dpo", 0.1, 0.0)
+    assert repr(loss) == "PreferenceLoss(objective='dpo', beta=0.1, sft_weight=0.0)"
+    smoothed = PreferenceLoss(partial(dpo_loss, label_smoothing=0.1), average_logps=True)
+    assert repr(smoothed) == (
+        "PreferenceLoss(objective='dpo(label_smoothing=0.1)', beta=0.1, sft_weight=0.0, "
+        "average_logps=True)"
     )
 
 
@@ -474,13 +473,20 @@ def test_bad_sft_weight_refused(weight: float) -> None:
 
 @pytest.mark.parametrize("scale", [math.nan, math.inf, -math.inf])
 def test_bad_gt_reward_scale_refused(scale: float) -> None:
-    with pytest.raises(ValueError, match=r"loss\.gt_reward_scale must be a finite number"):
-        PreferenceLoss(gt_reward_scale=scale)
+    match = r"loss\.objective\.gt_reward_scale must be a finite number"
+    with pytest.raises(ValueError, match=match):
+        PreferenceLoss(partial(rpo_sq_loss, gt_reward_scale=scale))
+
+
+def test_a_hyper_parameter_the_objective_does_not_take_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'dpo' takes the hyper-parameters \['label_smoothing'\]"):
+        PreferenceLoss(partial(dpo_loss, tau=0.1))
 
 
 def test_integer_config_values_accepted() -> None:
-    loss = PreferenceLoss(beta=1, sft_weight=0, gt_reward_scale=-2)
-    assert (loss.beta, loss.sft_weight, loss.gt_reward_scale) == (1.0, 0.0, -2.0)
+    loss = PreferenceLoss(partial(rpo_sq_loss, gt_reward_scale=-2), beta=1, sft_weight=0)
+    assert (loss.beta, loss.sft_weight) == (1.0, 0.0)
+    assert loss.objectives["rpo_sq"].keywords == {"gt_reward_scale": -2}
 
 
 @pytest.mark.parametrize("name", sorted(REWARD_OBJECTIVES))
@@ -514,11 +520,13 @@ def test_without_sft_losses_equal_preference(name: str) -> None:
     """PreferenceLoss(name) equals the bare function (bco_pair's running shift: own test)."""
     logps = make_logps(pc=[-1.0, -5.0], pr=[-2.0, -1.0], nc=[2, 5])
     rewards = {"chosen_reward": t(1.0, 0.0), "rejected_reward": t(0.0, 0.5)}
-    out = PreferenceLoss(name, beta=0.2, gt_reward_scale=2.0)(logps, **rewards)
+    function = OBJECTIVES[name].function
+    objective = partial(function, gt_reward_scale=2.0) if name in REWARD_OBJECTIVES else name
+    out = PreferenceLoss(objective, beta=0.2)(logps, **rewards)
     expected = (
-        OBJECTIVES[name](logps, *rewards.values(), 0.2, 2.0)
+        OBJECTIVES[name].function(logps, *rewards.values(), 0.2, 2.0)
         if name in REWARD_OBJECTIVES
-        else OBJECTIVES[name](logps, beta=0.2)
+        else OBJECTIVES[name].function(logps, beta=0.2)
     )
     torch.testing.assert_close(out.losses, expected.losses)
     torch.testing.assert_close(out.preference_losses, expected.losses)
@@ -545,7 +553,7 @@ def test_sft_weight_adds_weighted_nll() -> None:
 
 def test_sft_weight_with_reward_objective_and_gradients() -> None:
     logps = make_logps(pc=[-3.0, -4.0], pr=[-2.0, -6.0], nc=[3, 2], grad=True)
-    loss = PreferenceLoss("rpo_bwd_kl", beta=0.3, sft_weight=2.0, gt_reward_scale=0.5)
+    loss = PreferenceLoss(partial(rpo_bwd_kl_loss, gt_reward_scale=0.5), beta=0.3, sft_weight=2.0)
     out = loss(logps, t(1.0, 2.0), t(0.0, 0.0))
     pref = rpo_bwd_kl_loss(logps, t(1.0, 2.0), t(0.0, 0.0), 0.3, 0.5).losses
     torch.testing.assert_close(out.losses, pref + 2.0 * sft_loss(logps))

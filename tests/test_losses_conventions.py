@@ -211,7 +211,8 @@ def test_f_divergence_refused_in_a_mix_names_only_the_offender() -> None:
         PreferenceLoss("sft", f_divergence="forward_kl")
     for name in sorted(F_DIVERGENCE_OBJECTIVES):
         objective = {name: 1.0, "sft": 0.5}
-        assert PreferenceLoss(objective, f_divergence="forward_kl").f_divergence == "forward_kl"
+        loss = PreferenceLoss(objective, f_divergence="forward_kl")
+        assert loss.options.f_divergence == "forward_kl"
     assert set(REWARD_OBJECTIVES) <= F_DIVERGENCE_OBJECTIVES
 
 
@@ -234,7 +235,7 @@ def test_sft_batch_token_mean_is_trls() -> None:
     loss = PreferenceLoss("sft", sft_average="batch_token")
     close(loss(logps).losses.mean().reshape(1), [7 / 4])
     assert "sft_average='batch_token'" in repr(loss)
-    assert PreferenceLoss(sft_average=False).sft_average == "sum"
+    assert PreferenceLoss(sft_average=False).options.sft_average == "sum"
 
 
 def test_sft_batch_token_gradient_is_per_batch_token() -> None:

@@ -6,6 +6,7 @@ Options: reference-free, token averaging, f-divergences, WPO weights, LD-DPO wei
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -15,11 +16,16 @@ import torch.nn.functional as F
 from lightning_dpo.logprobs import ld_token_weights, sequence_logps
 from lightning_dpo.losses import (
     OBJECTIVES,
+    BcoPair,
     PairLogps,
     PreferenceLoss,
+    aot_loss,
     bco_pair_loss,
+    discopop_loss,
     dpo_loss,
     f_divergence_map,
+    ipo_loss,
+    robust_loss,
     sft_loss,
     sigmoid_norm_loss,
     wpo_weights,
@@ -228,18 +234,27 @@ def test_bco_running_mean_of_training_batches() -> None:
     loss.eval()
     torch.testing.assert_close(loss(first).losses, bco_pair_loss(first, 1.0, 2.0).losses)
     state = loss.state_dict()
-    assert (float(state["bco_mean"]), int(state["bco_batches"])) == (2.0, 2)
-    restored = PreferenceLoss("bco_pair", beta=1.0)
+    assert (float(state["stateful.bco_pair.mean"]), int(state["stateful.bco_pair.batches"])) == (
+        2.0,
+        2,
+    )
+    restored = PreferenceLoss(BcoPair(), beta=1.0)
     restored.load_state_dict(state)
-    assert float(restored.bco_mean) == 2.0
+    assert float(restored.stateful.bco_pair.mean) == 2.0
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"label_smoothing": 0.5}, "loss.label_smoothing must be a number in [0, 0.5)"),
-        ({"label_smoothing": -0.1}, "loss.label_smoothing"),
-        ({"label_smoothing": math.nan}, "loss.label_smoothing"),
+        (
+            {"objective": partial(dpo_loss, label_smoothing=0.5)},
+            "loss.objective.label_smoothing must be a number in [0, 0.5)",
+        ),
+        (
+            {"objective": partial(robust_loss, label_smoothing=-0.1)},
+            "loss.objective.label_smoothing",
+        ),
+        ({"objective": partial(aot_loss, label_smoothing=math.nan)}, "objective.label_smoothing"),
         (
             {"f_divergence": "alpha_divergence", "f_alpha": 0.0},
             "loss.f_alpha must be a number in (0, 1]",
@@ -247,8 +262,11 @@ def test_bco_running_mean_of_training_batches() -> None:
         ({"f_alpha": 1.5}, "loss.f_alpha"),
         ({"f_alpha": -1}, "loss.f_alpha"),
         ({"f_divergence": "tv"}, "loss.f_divergence must be one of ['reverse_kl', 'forward_kl'"),
-        ({"discopop_tau": 0.0}, "loss.discopop_tau must be a number in (0, 1]"),
-        ({"discopop_tau": 2.0}, "loss.discopop_tau"),
+        (
+            {"objective": partial(discopop_loss, tau=0.0)},
+            "loss.objective.tau must be a number in (0, 1]",
+        ),
+        ({"objective": partial(discopop_loss, tau=2.0)}, "loss.objective.tau"),
         ({"ld_alpha": 1.5}, "loss.ld_alpha must be a number in [0, 1]"),
         ({"ld_alpha": -0.1}, "loss.ld_alpha"),
         ({"use_weighting": "false"}, "loss.use_weighting must be true or false"),
@@ -258,7 +276,10 @@ def test_bco_running_mean_of_training_batches() -> None:
         ({"objective": {"dpo": 0.0}}, "at least one weight > 0"),
         ({"objective": ["dpo", "dpo"]}, "lists 'dpo' twice"),
         ({"objective": {"dpo": 1.0, "sft": 1.0}, "sft_weight": 0.5}, "both set the SFT term"),
-        ({"objective": "ipo", "label_smoothing": 0.1}, "label_smoothing applies to"),
+        (
+            {"objective": {"ipo": partial(ipo_loss, label_smoothing=0.1)}},
+            "loss.objective.ipo: objective 'ipo' takes the hyper-parameters none besides beta",
+        ),
         ({"objective": "aot", "f_divergence": "forward_kl"}, "cannot apply to objective 'aot'"),
         ({"objective": "aot_unpaired", "use_weighting": True}, "per-quantile"),
     ],
@@ -297,7 +318,7 @@ def test_repr_shows_options_that_differ_from_the_defaults() -> None:
     loss = PreferenceLoss({"dpo": 1.0, "sft": 0.5}, ld_alpha=0.5, f_divergence="js_divergence")
     assert repr(loss) == (
         "PreferenceLoss(objective={'dpo': 1.0, 'sft': 0.5}, beta=0.1, sft_weight=0.0, "
-        "gt_reward_scale=1.0, f_divergence='js_divergence', ld_alpha=0.5)"
+        "f_divergence='js_divergence', ld_alpha=0.5)"
     )
     assert loss.requires_rewards is False
     assert PreferenceLoss({"dpo": 1.0, "rpo_sq": 1.0}).requires_rewards is True

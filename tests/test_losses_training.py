@@ -74,8 +74,8 @@ def test_mix_logs_each_term_and_checkpoints_the_bco_shift(tmp_path) -> None:
         # summed, unmapped log-ratios: the objective's rewards are rewards/*, not logged twice
         assert f"{stage}/objective_rewards/chosen" not in metrics
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert int(state["loss.bco_batches"]) == cfg.trainer.max_steps
-    assert torch.isfinite(state["loss.bco_mean"])
+    assert int(state["loss.stateful.bco_pair.batches"]) == cfg.trainer.max_steps
+    assert torch.isfinite(state["loss.stateful.bco_pair.mean"])
 
 
 def test_every_option_at_once_trains(tmp_path) -> None:

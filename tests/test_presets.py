@@ -35,7 +35,7 @@ def test_every_experiment_runs(tmp_path, experiment):
 def test_lora_ipo_preset_sets_model_and_loss(tmp_path):
     cfg = compose_train_config(tmp_path, ["experiment=lora_ipo"])
     assert cfg.model.lora.r == 16
-    assert cfg.loss.objective == "ipo"
+    assert cfg.loss.objective._target_ == "lightning_dpo.losses.ipo_loss"
 
 
 def test_early_stopping_choice_adds_the_callback(tmp_path):

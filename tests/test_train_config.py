@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 
+import hydra
 import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 
 from lightning_dpo.data import DataValidationError
+from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE
 from lightning_dpo.training import train
 from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
@@ -107,3 +109,18 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         log = (job / "train.log").read_text()
         assert "Reference policy:" in log
         assert "`Trainer.fit` stopped: `max_steps=2` reached." in log
+
+
+def test_config_defaults_are_the_python_defaults(tmp_path):
+    """One default per setting: the YAML states the module's own default chunk size."""
+    cfg = compose_train_config(tmp_path)
+    assert cfg.module.logps_chunk_size == DEFAULT_LOGPS_CHUNK_SIZE
+
+
+def test_objective_hyper_parameters_are_overridden_on_the_partial(tmp_path):
+    """``loss.objective.<name>=`` sets the partial's keyword; the loss shows it."""
+    cfg = compose_train_config(tmp_path, ["loss=robust", "loss.objective.label_smoothing=0.2"])
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert loss.objective == "robust(label_smoothing=0.2)"
+    rpo = hydra.utils.instantiate(compose_train_config(tmp_path, ["experiment=rpo_sq"]).loss)
+    assert rpo.objective == "rpo_sq(gt_reward_scale=5.0)"

@@ -22,6 +22,7 @@ from lightning_dpo.losses.anchored import (
     sppo_hard_loss,
 )
 from lightning_dpo.losses.aot import aot_loss, aot_unpaired_loss
+from lightning_dpo.losses.bco import BcoPair
 from lightning_dpo.losses.core import LossOutput, PairLogps
 from lightning_dpo.losses.margin import (
     discopop_loss,
@@ -32,6 +33,7 @@ from lightning_dpo.losses.margin import (
     robust_loss,
     sigmoid_norm_loss,
 )
+from lightning_dpo.losses.options import LossOptions
 from lightning_dpo.losses.preference import PreferenceLoss
 from lightning_dpo.losses.registry import (
     F_DIVERGENCE_OBJECTIVES,
@@ -39,6 +41,7 @@ from lightning_dpo.losses.registry import (
     OBJECTIVES,
     QUANTILE_OBJECTIVES,
     REWARD_OBJECTIVES,
+    ObjectiveSpec,
 )
 from lightning_dpo.losses.reward import rpo_bwd_kl_loss, rpo_fwd_kl_loss, rpo_sq_loss
 from lightning_dpo.losses.sft import SFT_AVERAGES, sft_loss, sft_objective
@@ -59,7 +62,10 @@ __all__ = [
     "QUANTILE_OBJECTIVES",
     "REWARD_OBJECTIVES",
     "SFT_AVERAGES",
+    "BcoPair",
+    "LossOptions",
     "LossOutput",
+    "ObjectiveSpec",
     "PairLogps",
     "PreferenceLoss",
     "aot_loss",

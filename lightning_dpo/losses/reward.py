@@ -59,7 +59,7 @@ def rpo_sq_loss(
     chosen_reward: Tensor,
     rejected_reward: Tensor,
     beta: float,
-    gt_reward_scale: float,
+    gt_reward_scale: float = 1.0,
 ) -> LossOutput:
     """Reward-aware Preference Optimisation with a squared distance.
 
@@ -92,7 +92,7 @@ def rpo_fwd_kl_loss(
     chosen_reward: Tensor,
     rejected_reward: Tensor,
     beta: float,
-    gt_reward_scale: float,
+    gt_reward_scale: float = 1.0,
 ) -> LossOutput:
     """Reward-aware Preference Optimisation with the forward Bernoulli KL ``KL(p || q)``.
 
@@ -129,7 +129,7 @@ def rpo_bwd_kl_loss(
     chosen_reward: Tensor,
     rejected_reward: Tensor,
     beta: float,
-    gt_reward_scale: float,
+    gt_reward_scale: float = 1.0,
 ) -> LossOutput:
     """Reward-aware Preference Optimisation with the backward Bernoulli KL ``KL(q || p)``.
 
