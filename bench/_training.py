@@ -41,11 +41,11 @@ from _models import add_threads_argument, build_llama, parse_sizes, set_threads,
 from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
-from lightning_dpo.batch import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY, SCORE_LENGTHS_KEY
 from lightning_dpo.data import build_char_tokenizer
-from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import ReferenceSwapCallback
+from lightning_dpo.scoring import sequence_logps
 
 SWAP_COPY = "swap (copy)"
 SWAP_EXCHANGE = "swap (exchange)"
@@ -157,9 +157,7 @@ class ResidentReferenceCallback(Callback):
         """Run the second model on the batch."""
         assert self.reference is not None
         with torch.no_grad():
-            logps = sequence_logps(
-                self.reference, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-            )
+            logps = sequence_logps(self.reference, batch, response_only=pl_module.response_only)
         batch[REFERENCE_LOGPS_KEY] = logps.sums
 
 
@@ -170,8 +168,8 @@ class ZeroReferenceCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Attach zeros of the right shape."""
-        rows = batch["input_ids"].shape[0]
-        batch[REFERENCE_LOGPS_KEY] = torch.zeros(rows, device=batch["input_ids"].device)
+        sequences = batch[SCORE_LENGTHS_KEY].shape[0]  # 2B, whatever the layout's rows
+        batch[REFERENCE_LOGPS_KEY] = torch.zeros(sequences, device=batch["input_ids"].device)
 
 
 class StepTimer(Callback):

@@ -164,8 +164,8 @@ class ReferenceProbe(Callback):
         synchronize(pl_module.device)
         self._current += time.perf_counter() - self.start.time
         if len(self.batches) < self.micro_batches:
-            keys = ("input_ids", "attention_mask", "loss_mask", REFERENCE_LOGPS_KEY)
-            self.batches.append({key: batch[key].detach().cpu().clone() for key in keys})
+            tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            self.batches.append({k: v.detach().cpu().clone() for k, v in tensors.items()})
 
     def on_train_batch_end(
         self,

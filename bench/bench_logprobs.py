@@ -4,7 +4,7 @@
 
 Scores ``[2B, T]`` labels under ``[2B, T, V]`` logits (vocabulary 32k), as the reference
 step does (no grad) and as the policy step does (forward + backward), with the plain
-``log_softmax(...).gather`` and with :func:`lightning_dpo.logprobs.token_logps` chunked.
+``log_softmax(...).gather`` and with :func:`lightning_dpo.scoring.token_logps` chunked.
 Each variant runs in its own process; the figure is the peak host RSS above the RSS once
 the logits exist (the memory the step itself adds), and the ratio to the plain step. On
 CUDA the same is measured with the allocator's peak.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_dpo.logprobs import token_logps
+from lightning_dpo.scoring import token_logps
 
 VOCAB = 32_000
 

@@ -12,15 +12,16 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from lightning_dpo.batch import REFERENCE_LOGPS_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY
 from lightning_dpo.integrity import stamp_checkpoint, verify_checkpoint
-from lightning_dpo.logprobs import (
+from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
+from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
     SequenceLogps,
     pair_logps,
+    response_head_unsupported,
     sequence_logps,
 )
-from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -62,7 +63,12 @@ class PreferenceModule(pl.LightningModule):
         optimizer: Factory taking the trainable parameters (a Hydra ``_partial_``).
         scheduler: Optional factory taking the optimizer; stepped every optimizer step.
         logps_chunk_size: Score this many positions at a time, never materialising the
-            ``[2B, T, V]`` float32 log-softmax (``None``: the plain full computation).
+            float32 log-softmax (``None``: the plain full computation).
+        response_head: Score through the response-only LM head
+            (:mod:`lightning_dpo.scoring.head`: the head's logits only at the response
+            tokens, a chunk at a time, recomputed in backward) where it is exact on the
+            policy (probed once, at the first forward; otherwise the reason is logged and
+            the model's own logits are scored). ``False``: always the model's logits.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class PreferenceModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         logps_chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
+        response_head: bool = True,
     ) -> None:
         super().__init__()
         if logps_chunk_size is not None and logps_chunk_size < 1:
@@ -86,6 +93,8 @@ class PreferenceModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.logps_chunk_size = logps_chunk_size
+        self.response_head = response_head
+        self._response_only: bool | None = None
         self._policy_sharded = False
         self._last_finite: tuple[int, Tensor, Tensor] | None = None
         self._said_unstamped = False
@@ -113,7 +122,12 @@ class PreferenceModule(pl.LightningModule):
         self._policy_sharded = True
 
     def setup(self, stage: str) -> None:
-        """Check, before the first step, that the data carries what the loss needs."""
+        """Probe the response-only head, and check the data carries what the loss needs.
+
+        Runs before the strategy places or shards the policy, so the probe's forwards see
+        the plain model.
+        """
+        _ = self.response_only
         if not self.loss.requires_rewards or self._trainer is None:
             return
         datamodule = self.trainer.datamodule
@@ -128,30 +142,42 @@ class PreferenceModule(pl.LightningModule):
     def sequence_logps(
         self, batch: dict[str, Tensor], *, wpo_weights: bool = False
     ) -> SequenceLogps:
-        """Summed response log-probs of the ``2B`` rows of ``batch`` under the policy.
+        """Summed response log-probs of the ``2B`` sequences of ``batch`` under the policy.
 
         The reference callback calls this too, so the loss's per-token options that must
         apply to both sides (LD-DPO's ``ld_alpha``) are applied here.
 
         Args:
-            batch: The collated batch.
-            wpo_weights: Also compute WPO's per-row log-weights (the policy forward only).
+            batch: The collated batch, in any layout.
+            wpo_weights: Also compute WPO's per-sequence log-weights (the policy forward only).
         """
         return sequence_logps(
             self.policy,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["loss_mask"],
+            batch,
             ld_alpha=self.loss.ld_alpha,
             wpo_weights=wpo_weights,
             chunk_size=self.logps_chunk_size,
+            response_only=self.response_only,
         )
 
-    def logps_settings(self) -> dict[str, float | None]:
+    @property
+    def response_only(self) -> bool:
+        """Whether the response-only head scores the policy (probed at first use)."""
+        if self._response_only is None:
+            reason = None
+            if self.response_head and self.logps_chunk_size is not None:
+                reason = response_head_unsupported(self.policy)
+                if reason is not None:
+                    rank_zero_info(f"Response-only LM head off: {reason}; scoring the logits.")
+            self._response_only = bool(self.response_head and self.logps_chunk_size) and not reason
+        return self._response_only
+
+    def logps_settings(self) -> dict[str, float | bool | None]:
         """What, besides weights and data, changes the reference log-probs (cache key)."""
         return {
             "ld_alpha": self.loss.ld_alpha,
             "logps_chunk_size": self.logps_chunk_size,
+            "response_head": self.response_only,
         }
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[LossOutput, PairLogps]:
@@ -181,10 +207,24 @@ class PreferenceModule(pl.LightningModule):
                 and the last finite values, and training stops before the optimizer step.
         """
         output, logps = self.compute_loss(batch)
-        loss = output.losses.mean()
-        self._check_finite(loss, output)
+        loss = self._step_share(output.losses, batch.get(STEP_PAIRS_KEY))
+        self._check_finite(output.losses.mean(), output)
         self._log_metrics("train", output, logps)
         return loss
+
+    def _step_share(self, losses: Tensor, step_pairs: Tensor | None) -> Tensor:
+        """This micro-batch's share of the optimizer step's pair-weighted mean loss.
+
+        With ``step_pairs`` (the pairs of the whole optimizer step, over its micro-batches
+        and ranks) every pair of the step weighs the same, whatever the packing, the
+        micro-batch sizes or an epoch's short last window: Lightning divides the returned
+        loss by ``accumulate_grad_batches`` and data parallelism averages the gradients over
+        the ranks, so the sum is scaled back by both. Without it, the micro-batch's mean.
+        """
+        if step_pairs is None or self._trainer is None:
+            return losses.mean()
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return losses.sum() * (scale / step_pairs.to(losses.dtype))
 
     def _check_finite(self, loss: Tensor, output: LossOutput) -> None:
         """Raise on a non-finite loss; one host sync per step (the finiteness test)."""

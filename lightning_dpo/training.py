@@ -75,6 +75,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """Instantiate the datamodule, module and trainer of a run config."""
     datamodule = build_node(cfg, "data")
     policy = build_node(cfg, "model", tokenizer=datamodule.tokenizer)
+    datamodule.connect(policy=policy)
     module = build_node(cfg, "module", policy=policy, loss=build_node(cfg, "loss"))
     named = instantiate_group(cfg, "callbacks")
     connect_callbacks(named, datamodule)

@@ -13,10 +13,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
-from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 from lightning_dpo.policy import add_lora, build_tiny_llama
 from lightning_dpo.reference import eval_mode
 from lightning_dpo.reference.diagnostics import BracketCounter
+from lightning_dpo.scoring import (
+    DEFAULT_LOGPS_CHUNK_SIZE,
+    response_head_unsupported,
+    sequence_logps,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -133,16 +137,13 @@ LEAN_OVERRIDES = ["~callbacks.hf_export", "~callbacks.training_plot", "~callback
 def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What the reference callback computes, from ``model`` as it is (eval mode, no grad).
 
-    Uses ``PreferenceModule``'s default chunking so that equality can be bitwise; leaves
-    the model's train/eval flags as they were.
+    Uses ``PreferenceModule``'s defaults (chunking, the response-only head where the model
+    allows it) so that equality can be bitwise; leaves the train/eval flags as they were.
     """
+    response_only = response_head_unsupported(model) is None
     with torch.no_grad(), eval_mode(model):
         return sequence_logps(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["loss_mask"],
-            chunk_size=DEFAULT_LOGPS_CHUNK_SIZE,
+            model, batch, chunk_size=DEFAULT_LOGPS_CHUNK_SIZE, response_only=response_only
         ).sums
 
 

@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from lightning_dpo import ReferenceSwapCallback
-from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
+from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY, WINDOW_KEY
 from lightning_dpo.data import collate_pairs
-from lightning_dpo.data.windows import WindowedDataLoader, WindowSlot
+from lightning_dpo.data.windows import PlannedDataLoader, WindowedDataLoader, WindowSlot
 from lightning_dpo.training import build
 from tests.conftest import (
     FAST_OVERRIDES,
@@ -55,6 +55,7 @@ def test_windowed_loader_yields_exactly_the_plain_batches(tokenizer, count, micr
         assert isinstance(slot, WindowSlot)
         assert slot.position == index % window
         assert slot.window is slots[index - slot.position].window
+        assert STEP_PAIRS_KEY not in ours  # a collation window: not known to be the step
         assert ours.keys() == theirs.keys()
         for key in theirs:  # each micro-batch padded to its own longest row, as plain
             assert torch.equal(ours[key], theirs[key]), key
@@ -208,7 +209,8 @@ def test_config_accumulation_swaps_once_per_optimizer_step(brackets, tmp_path):
     datamodule, module, trainer = build(compose_train_config(tmp_path, overrides))
     trainer.fit(module, datamodule=datamodule)
     reference = next(c for c in trainer.callbacks if isinstance(c, ReferenceSwapCallback))
-    assert isinstance(trainer.train_dataloader, WindowedDataLoader)
+    assert isinstance(trainer.train_dataloader, PlannedDataLoader)
+    assert trainer.train_dataloader.plan.window == 2
     assert trainer.global_step == 4
     # 8 micro-batches; val_check_interval=2 counts optimizer steps (train.py passes 4
     # batches to Lightning): 2 validations of 2 batches, one bracket each.

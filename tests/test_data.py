@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -306,7 +306,8 @@ def test_collate_shapes_padding_and_row_order() -> None:
         TokenizedPair((1, 5, 5, 5), (6, 2), (7, 2)),
     ]
     batch = collate_pairs(pairs, pad_token_id=0)
-    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"}
+    scored = {"score_positions", "score_labels", "score_sequences", "score_offsets"}
+    assert set(batch) == {"input_ids", "attention_mask", "loss_mask", "score_lengths", *scored}
     assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
     assert batch["loss_mask"].dtype == torch.bool
     assert batch["input_ids"].tolist() == [
@@ -322,6 +323,13 @@ def test_collate_shapes_padding_and_row_order() -> None:
         [0, 0, 1, 1, 1, 1],
         [0, 0, 0, 0, 1, 1],
     ]
+    # Each response token and the flat position (row * 6 + column) of the hidden state
+    # that predicts it: the column before it, in its own row.
+    assert batch["score_positions"].tolist() == [1, 2, 9, 10, 13, 14, 15, 16, 21, 22]
+    assert batch["score_labels"].tolist() == [6, 2, 6, 2, 7, 8, 9, 2, 7, 2]
+    assert batch["score_sequences"].tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert batch["score_offsets"].tolist() == [0, 1, 0, 1, 0, 1, 2, 3, 0, 1]
+    assert batch["score_lengths"].tolist() == [2, 2, 4, 2]
 
 
 def test_collate_rewards_present_and_mixed() -> None:
@@ -339,7 +347,10 @@ def test_collate_rewards_present_and_mixed() -> None:
 def test_collate_contract_property(seed: int, max_length: int, batch: int) -> None:
     tok = build_char_tokenizer()
     records = generate_sort_task(batch, seed)
-    pairs = [tokenize_record(r, tok, max_length) for r in records]
+    try:
+        pairs = [tokenize_record(r, tok, max_length) for r in records]
+    except DataValidationError:  # cut to the same tokens: refused, rightly (tested elsewhere)
+        reject()
     out = collate_pairs(pairs, tok.pad_token_id)
     responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     assert out["input_ids"].shape == (2 * batch, out["input_ids"].shape[1])

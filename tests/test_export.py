@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.callbacks.export import BASE_MODEL_SUBDIR, HFExportCallback
-from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.reference import HostSnapshotReference, reference_context
+from lightning_dpo.scoring import sequence_logps
 from tests.conftest import make_bare_trainer, small_datamodule
 
 
@@ -36,9 +36,7 @@ def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):
 
 def logps(model, batch):
     with torch.no_grad():
-        return sequence_logps(
-            model.eval(), batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
-        ).sums
+        return sequence_logps(model.eval(), batch).sums
 
 
 def val_batch(datamodule):

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_dpo.logprobs import ld_token_weights, sequence_logps
 from lightning_dpo.losses import (
     OBJECTIVES,
     BcoPair,
@@ -30,6 +29,7 @@ from lightning_dpo.losses import (
     sigmoid_norm_loss,
     wpo_weights,
 )
+from lightning_dpo.scoring import ld_token_weights, scored_tokens, sequence_logps
 from tests.test_losses import LN2, LN3, close, make_logps, t
 
 
@@ -163,14 +163,14 @@ class FixedLogits(torch.nn.Module):
         return SimpleNamespace(logits=self.logits.expand(shape).clone())
 
 
-def two_rows(chosen: int, rejected: int, token: int = 0) -> tuple[torch.Tensor, ...]:
-    """One pair: a 1-token prompt and responses of `chosen` and `rejected` tokens."""
+def two_rows(chosen: int, rejected: int, token: int = 0) -> dict[str, torch.Tensor]:
+    """One pair in the padded layout: a 1-token prompt, responses of `chosen` and `rejected`."""
     width = 1 + max(chosen, rejected)
     ids = torch.full((2, width), token)
     loss_mask = torch.zeros(2, width, dtype=torch.bool)
     loss_mask[0, 1 : 1 + chosen] = True
     loss_mask[1, 1 : 1 + rejected] = True
-    return ids, torch.ones(2, width, dtype=torch.long), loss_mask
+    return {"input_ids": ids, "attention_mask": torch.ones(2, width), "loss_mask": loss_mask}
 
 
 def test_wpo_log_weights_from_the_token_distribution() -> None:
@@ -181,19 +181,18 @@ def test_wpo_log_weights_from_the_token_distribution() -> None:
     """
     for token, expected in ((0, math.log(1.5)), (1, -LN2)):
         out = sequence_logps(
-            FixedLogits([0.5, 1 / 6, 1 / 6, 1 / 6]), *two_rows(3, 2, token), wpo_weights=True
+            FixedLogits([0.5, 1 / 6, 1 / 6, 1 / 6]), two_rows(3, 2, token), wpo_weights=True
         )
         close(out.wpo_log_weights, [expected, expected], atol=1e-6)
-    uniform = sequence_logps(FixedLogits([0.25] * 4), *two_rows(3, 2), wpo_weights=True)
+    uniform = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 2), wpo_weights=True)
     close(uniform.wpo_log_weights, [0.0, 0.0], atol=1e-6)
 
 
 def test_ld_token_weights_hand_values() -> None:
     """Chosen 3 tokens, rejected 5: l_p = 3, the rejected's 4th and 5th tokens weigh alpha."""
-    _, _, mask = two_rows(3, 5)
-    weights = ld_token_weights(mask, 0.25)
-    close(weights[0], [0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
-    close(weights[1], [0.0, 1.0, 1.0, 1.0, 0.25, 0.25])
+    scored = scored_tokens(two_rows(3, 5))
+    weights = ld_token_weights(scored, scored.lengths, 0.25)
+    close(weights, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25, 0.25])  # chosen 3, rejected 5
 
 
 def test_ld_alpha_sums_and_plain_sums() -> None:
@@ -202,7 +201,7 @@ def test_ld_alpha_sums_and_plain_sums() -> None:
     Uniform p = 1/4: every token is -ln 4. Chosen 3 tokens: -3 ln 4 either way; rejected 5
     tokens: plain -5 ln 4, LD -(3 + 2 * 1/2) ln 4 = -4 ln 4.
     """
-    out = sequence_logps(FixedLogits([0.25] * 4), *two_rows(3, 5), ld_alpha=0.5)
+    out = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 5), ld_alpha=0.5)
     ln4 = math.log(4.0)
     close(out.sums, [-3 * ln4, -4 * ln4], atol=1e-6)
     close(out.plain_sums, [-3 * ln4, -5 * ln4], atol=1e-6)

@@ -7,17 +7,17 @@ import copy
 import pytest
 import torch
 
-from lightning_dpo.logprobs import sequence_logps
 from lightning_dpo.reference import (
     AdapterDisabledReference,
     HostSnapshotReference,
     eval_mode,
     reference_context,
 )
+from lightning_dpo.scoring import sequence_logps
 
 
 def _logps(model, batch):
-    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    return sequence_logps(model, batch)
 
 
 def _state(model):
@@ -184,11 +184,11 @@ def test_adapter_reference_refuses_a_plain_model(tiny_policy):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
 def test_chunked_token_logps_equal_the_plain_log_softmax(chunk_size):
-    from lightning_dpo.logprobs import token_logps
+    from lightning_dpo.scoring import token_logps
 
     torch.manual_seed(0)
-    logits = (torch.randn(4, 13, 50) * 5).requires_grad_()
-    labels = torch.randint(0, 50, (4, 13))
+    logits = (torch.randn(52, 50) * 5).requires_grad_()
+    labels = torch.randint(0, 50, (52,))
     plain = token_logps(logits, labels)
     chunked = token_logps(logits, labels, chunk_size)
     torch.testing.assert_close(chunked, plain, rtol=0, atol=4e-6)
@@ -198,9 +198,8 @@ def test_chunked_token_logps_equal_the_plain_log_softmax(chunk_size):
 
 
 def test_chunked_sequence_logps_equal_plain_on_a_model(tiny_policy, batch):
-    args = (tiny_policy.eval(), batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
     with torch.no_grad():
-        plain = sequence_logps(*args)
-        chunked = sequence_logps(*args, chunk_size=5)
+        plain = sequence_logps(tiny_policy.eval(), batch, chunk_size=None)
+        chunked = sequence_logps(tiny_policy, batch, chunk_size=5)
     torch.testing.assert_close(chunked.sums, plain.sums, rtol=1e-6, atol=1e-5)
     assert torch.equal(chunked.token_counts, plain.token_counts)

@@ -57,11 +57,13 @@ def cache_spy(monkeypatch):
 def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
     reference = ReferenceSwapCallback(logps_cache_dir=str(cache_dir))
     recorder = RecordBatches()
+    module, datamodule = _module(policy), small_datamodule(tokenizer, **data)
+    datamodule.connect(policy=policy)  # as train.py: the layout and head probes run here,
+    assert module.response_only  # before the forwards are counted
     forwards = {"n": 0}
     handle = policy.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
-    _trainer(tmp_path, [reference, recorder], max_steps=max_steps).fit(
-        _module(policy), datamodule=small_datamodule(tokenizer, **data)
-    )
+    trainer = _trainer(tmp_path, [reference, recorder], max_steps=max_steps)
+    trainer.fit(module, datamodule=datamodule)
     handle.remove()
     return reference, recorder, forwards["n"]
 

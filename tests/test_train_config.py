@@ -12,7 +12,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 
 from lightning_dpo.data import DataValidationError
-from lightning_dpo.logprobs import DEFAULT_LOGPS_CHUNK_SIZE
+from lightning_dpo.scoring import DEFAULT_LOGPS_CHUNK_SIZE
 from lightning_dpo.training import train
 from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 

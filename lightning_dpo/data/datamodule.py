@@ -8,24 +8,28 @@ from dataclasses import replace
 from functools import partial
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
+from lightning_dpo.data.layouts import LAYOUTS, pair_tokens
 from lightning_dpo.data.loading import RewardDefaults, load_records
 from lightning_dpo.data.records import DataValidationError, PreferenceRecord
 from lightning_dpo.data.report import SplitStats, announce, split_stats
 from lightning_dpo.data.requirements import require_pair_fields
-from lightning_dpo.data.sampler import EpochShuffleSampler
 from lightning_dpo.data.sort_task import generate_sort_splits
 from lightning_dpo.data.splits import split_by_prompt
 from lightning_dpo.data.token_cache import cached_encodings
 from lightning_dpo.data.tokenization import TokenizedPair, build_pairs, resolve_max_prompt_length
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport, apply_policy, check_on_invalid
-from lightning_dpo.data.windows import WindowedDataLoader
+from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.scoring.probes import resolve_layout
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -64,7 +68,8 @@ class PreferenceDataModule(L.LightningDataModule):
         num_train: Training pairs of the embedded task.
         num_val: Validation pairs of the embedded task.
         seed: Seed of the embedded task, the hold-out split and the training shuffle.
-        batch_size: Pairs per batch (a batch holds ``2 * batch_size`` sequences).
+        batch_size: Pairs per batch (a batch holds ``2 * batch_size`` sequences), when
+            ``max_tokens`` is ``None``.
         max_length: Maximum tokens of prompt + response; longer responses are cut at
             their end.
         max_prompt_length: A fixed cap on the prompt tokens, below ``max_length`` (TRL's);
@@ -88,9 +93,16 @@ class PreferenceDataModule(L.LightningDataModule):
             (drop bad records; a count per reason is printed and logged, see ``skipped``).
         cache_dir: Folder where token ids are cached across runs, or ``None``.
         reference_windows: When the Trainer accumulates gradients over ``k`` batches,
-            collate the training batches ``k`` at a time (:class:`WindowedDataLoader`:
-            the same batches, in the same order), so that ``ReferenceSwapCallback``
-            computes the reference log-probs of a whole optimizer step in one swap.
+            collate the training batches ``k`` at a time (the same batches, in the same
+            order), so that ``ReferenceSwapCallback`` computes the reference log-probs of a
+            whole optimizer step in one swap.
+        layout: How a batch is laid out in rows (:mod:`lightning_dpo.data.layouts`):
+            ``"padded"``, ``"prefix_shared"``, ``"packed"``, or ``"auto"``: the fastest one
+            that is exact on the policy (probed when the policy is connected, see
+            :meth:`connect`).
+        max_tokens: Token budget of a batch (prompt once plus both responses of each
+            pair): batches of pairs of similar length up to this many tokens, instead of
+            ``batch_size`` pairs. ``None``: ``batch_size`` pairs.
     """
 
     def __init__(
@@ -118,8 +130,14 @@ class PreferenceDataModule(L.LightningDataModule):
         on_invalid: str = "error",
         cache_dir: str | None = None,
         reference_windows: bool = True,
+        layout: str = "auto",
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"data.max_tokens must be a positive number or null, got {max_tokens}")
         train_file = _resolve_train_file(train_file, path, require_file)
         if val_file is not None and train_file is None:
             raise ValueError("val_file requires train_file")
@@ -141,6 +159,35 @@ class PreferenceDataModule(L.LightningDataModule):
         self.stats: list[SplitStats] = []
         self._reports: dict[str, SkipReport] = {}
         self._fingerprints: dict[str, str] = {}
+        #: The layout batches are built in (``auto`` until resolved against a policy).
+        self.layout = layout
+
+    def connect(self, *, policy: nn.Module | None = None, **_: object) -> None:
+        """Resolve the layout against the policy that will score the batches.
+
+        ``train.py`` calls this once the policy is built. ``auto`` becomes the fastest
+        layout that is exact on it (probed; see
+        :func:`~lightning_dpo.scoring.probes.resolve_layout`); an explicit layout the
+        policy cannot run exactly is refused.
+        """
+        if policy is not None:
+            self.layout = resolve_layout(self.hparams.layout, policy)
+
+    def _resolved_layout(self) -> str:
+        """The layout; ``auto`` without a connected policy resolves against the trainer's.
+
+        Without a trainer (the data module used on its own) ``auto`` stays unresolved until
+        batches are needed, and then, with no policy to probe, is ``padded``.
+        """
+        if self.layout != "auto":
+            return self.layout
+        policy = getattr(getattr(self.trainer, "lightning_module", None), "policy", None)
+        if policy is not None:
+            self.connect(policy=policy)
+        elif self.trainer is not None or self.train_pairs is not None:
+            rank_zero_info("data.layout=auto without a policy to probe: padded.")
+            self.layout = "padded"
+        return self.layout
 
     def _read(self, location: str, split: str) -> tuple[list[PreferenceRecord], SkipReport]:
         """Reads and validates one source."""
@@ -193,9 +240,14 @@ class PreferenceDataModule(L.LightningDataModule):
         logged: per source, records read, kept and refused per reason (``on_invalid="skip"``);
         per split, empty responses, prompts and responses cut, unknown tokens.
 
+        Under a Trainer, ``layout="auto"`` not yet resolved by :meth:`connect` is resolved
+        here, against the trainer's module's ``policy``, before the strategy places or
+        shards it.
+
         Args:
             stage: Lightning stage (unused: both splits are prepared).
         """
+        self._resolved_layout()
         if self.train_pairs is not None:
             return
         train, val = self._load_records()
@@ -244,39 +296,45 @@ class PreferenceDataModule(L.LightningDataModule):
         assert self.train_pairs is not None and self.val_pairs is not None
         return self.train_pairs, self.val_pairs
 
-    def _loader(self, pairs: list[TokenizedPair], shuffle: bool, window: int = 1) -> DataLoader:
-        """A DataLoader over ``pairs`` with :func:`collate_pairs`, windowed when ``window > 1``."""
-        workers = self.hparams.num_workers
-        options = {
-            "sampler": EpochShuffleSampler(len(pairs), self.hparams.seed) if shuffle else None,
-            "collate_fn": partial(collate_pairs, pad_token_id=self.tokenizer.pad_token_id),
-            "num_workers": workers,
-            "persistent_workers": workers > 0,
-        }
-        if window > 1:
-            return WindowedDataLoader(pairs, self.hparams.batch_size, window, **options)
-        return DataLoader(pairs, batch_size=self.hparams.batch_size, **options)
+    def _loader(self, pairs: list[TokenizedPair], train: bool, **plan: object) -> DataLoader:
+        """Batches of ``pairs`` in the layout, as planned (shuffled and windowed for training)."""
+        hp = self.hparams
+        collate = partial(
+            collate_pairs, pad_token_id=self.tokenizer.pad_token_id, layout=self._resolved_layout()
+        )
+        window = self.trainer.accumulate_grad_batches if train and self.trainer else 1
+        batch_plan = BatchPlan(
+            [pair_tokens(pair) for pair in pairs],
+            batch_size=hp.batch_size,
+            max_tokens=hp.max_tokens,
+            window=window,
+            grouped=hp.reference_windows,
+            shuffle=train,
+            seed=hp.seed,
+            **plan,  # type: ignore[arg-type]
+        )
+        workers = hp.num_workers
+        return PlannedDataLoader(
+            pairs, batch_plan, collate, num_workers=workers, persistent_workers=workers > 0
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) training batches, in optimizer-step windows (``reference_windows``)."""
-        window = 1
-        if self.hparams.reference_windows and self.trainer is not None:
-            window = self.trainer.accumulate_grad_batches
-        return self._loader(self._pairs()[0], shuffle=True, window=window)
+        return self._loader(self._pairs()[0], train=True)
 
     def ordered_dataloader(self, split: str) -> DataLoader:
-        """Batches of ``split`` (``"train"`` or ``"val"``) in dataset order, unshuffled.
+        """Batches of ``split`` (``"train"`` or ``"val"``), every pair once, on this process.
 
         Used to precompute per-pair values keyed by ``pair_index`` (the reference cache).
         """
         splits = dict(zip(("train", "val"), self._pairs(), strict=True))
         if split not in splits:
             raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
-        return self._loader(splits[split], shuffle=False)
+        return self._loader(splits[split], train=False, num_replicas=1, rank=0)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in order."""
-        return self._loader(self._pairs()[1], shuffle=False)
+        """Validation batches, dealt between the ranks."""
+        return self._loader(self._pairs()[1], train=False)
 
     @property
     def has_rewards(self) -> bool:

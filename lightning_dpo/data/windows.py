@@ -1,25 +1,27 @@
 """Micro-batches grouped by optimizer step, so the reference is swapped in once per step.
 
 With ``Trainer(accumulate_grad_batches=k)`` one optimizer step consumes ``k``
-micro-batches. :class:`WindowedDataLoader` collates those ``k`` together (a *window*)
-and then yields them one by one, exactly the micro-batches a plain ``DataLoader`` with
-``batch_size=micro_batch_size`` would yield, in the same order. Each micro-batch carries,
-under :data:`~lightning_dpo.batch.WINDOW_KEY`, a :class:`WindowSlot`: its place in the
-shared :class:`MicroBatchWindow`, through which the reference callback reaches the
-window's other, still-to-come micro-batches at the first one and computes all their
-reference log-probs inside one swap (:meth:`MicroBatchWindow.reference_logps`).
+micro-batches. :class:`PlannedDataLoader` collates those ``k`` together (a *window*, as
+:class:`~lightning_dpo.data.batch_plan.BatchPlan` plans them) and then yields them one by
+one; :class:`WindowedDataLoader` does so for fixed-size micro-batches, exactly those a plain
+``DataLoader`` with ``batch_size=micro_batch_size`` would yield, in the same order. Each
+micro-batch carries, under :data:`~lightning_dpo.batch.WINDOW_KEY`, a :class:`WindowSlot`:
+its place in the shared :class:`MicroBatchWindow`, through which the reference callback
+reaches the window's other, still-to-come micro-batches at the first one and computes all
+their reference log-probs inside one swap (:meth:`MicroBatchWindow.reference_logps`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_dpo.batch import WINDOW_KEY
+from lightning_dpo.batch import STEP_PAIRS_KEY, WINDOW_KEY
+from lightning_dpo.data.batch_plan import BatchPlan, PlannedFetch
 
 
 class MicroBatchWindow:
@@ -107,69 +109,119 @@ class WindowSlot:
         return self.window.reference_logps(self.position, version, compute)
 
 
-def collate_window(
-    samples: Sequence[Any],
-    collate: Callable[[Sequence[Any]], dict[str, Any]],
-    micro_batch_size: int,
-) -> list[dict[str, Any]]:
-    """Collate ``samples`` into micro-batches of ``micro_batch_size`` that share one window.
+class _FetchedItems(Dataset):
+    """The items of a :class:`~lightning_dpo.data.batch_plan.PlannedFetch`, by micro-batch."""
 
-    Each micro-batch is collated on its own (padded to its own longest row), so it is
-    exactly the batch a plain loader would give; each gets its :class:`WindowSlot`.
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+
+    def __getitem__(self, fetch: PlannedFetch) -> tuple[PlannedFetch, list[list[Any]]]:
+        return fetch, [[self.items[i] for i in batch] for batch in fetch.micro_batches]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def collate_fetch(
+    fetched: tuple[PlannedFetch, list[list[Any]]],
+    collate: Callable[[Sequence[Any]], dict[str, Any]],
+    windowed: bool,
+) -> list[dict[str, Any]]:
+    """Collate one fetch's micro-batches, each on its own; tag them with their step.
+
+    Every micro-batch gets ``step_pairs`` (:data:`~lightning_dpo.batch.STEP_PAIRS_KEY`)
+    where the plan knows it; when ``windowed``, also its :class:`WindowSlot` in a window
+    shared by the fetch.
     """
-    batches = [
-        collate(samples[start : start + micro_batch_size])
-        for start in range(0, len(samples), micro_batch_size)
-    ]
-    window = MicroBatchWindow(batches)
-    for position, batch in enumerate(batches):
-        batch[WINDOW_KEY] = WindowSlot(window, position)
+    fetch, groups = fetched
+    batches = [collate(group) for group in groups]
+    if fetch.step_pairs is not None:
+        step_pairs = torch.tensor(fetch.step_pairs)
+        for batch in batches:
+            batch[STEP_PAIRS_KEY] = step_pairs
+    if windowed:
+        window = MicroBatchWindow(batches)
+        for position, batch in enumerate(batches):
+            batch[WINDOW_KEY] = WindowSlot(window, position)
     return batches
 
 
-class WindowedDataLoader(DataLoader):
-    """A ``DataLoader`` that yields micro-batches, collated ``window`` at a time.
+class PlannedDataLoader(DataLoader):
+    """A ``DataLoader`` that yields the micro-batches of a :class:`BatchPlan`.
 
-    It reads ``micro_batch_size * window`` samples per fetch (so each worker collates a
-    whole window) and yields the window's micro-batches one by one. Everything else is a
-    ``DataLoader``'s: Lightning can still swap the sampler for a distributed one, and
-    ``len()`` counts micro-batches.
+    It fetches and collates one optimizer step's window at a time (so each worker collates
+    a whole window) and yields its micro-batches one by one, each with ``step_pairs`` and,
+    for windows of more than one micro-batch, its :class:`WindowSlot`. ``len()`` counts this
+    rank's micro-batches.
+
+    Args:
+        items: The samples (tokenised pairs).
+        plan: Which samples form each micro-batch and window, on this rank.
+        collate_fn: Collates a list of samples into one batch dictionary.
+        **kwargs: Passed to ``DataLoader`` (``num_workers``, ``pin_memory``, ...).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any],
+        plan: BatchPlan,
+        collate_fn: Callable[[Sequence[Any]], dict[str, Any]],
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("drop_last"):
+            raise ValueError(
+                f"{type(self).__name__} does not drop batches: drop_last must be False"
+            )
+        self.plan = plan
+        windowed = plan.grouped and plan.window > 1
+        collate = partial(collate_fetch, collate=collate_fn, windowed=windowed)
+        super().__init__(
+            _FetchedItems(items), sampler=plan, batch_size=None, collate_fn=collate, **kwargs
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batches in super().__iter__():
+            yield from batches
+
+    def __len__(self) -> int:
+        """Micro-batches of this rank per epoch."""
+        return self.plan.micro_batch_count()
+
+
+class WindowedDataLoader(PlannedDataLoader):
+    """A ``DataLoader`` of micro-batches of ``micro_batch_size``, collated ``window`` at a time.
+
+    Exactly the micro-batches a plain ``DataLoader`` with ``batch_size=micro_batch_size``
+    yields, in the same order, each carrying its :class:`WindowSlot`, so that
+    ``ReferenceSwapCallback`` computes a whole optimizer step's reference log-probs in one
+    swap. Under data parallelism the micro-batches are dealt between the ranks
+    (:class:`~lightning_dpo.data.batch_plan.BatchPlan`). The window only groups collation
+    (it may differ from the accumulation): no ``step_pairs``, so each micro-batch's loss is
+    its own mean, as with a plain loader.
 
     Args:
         dataset: The samples.
         micro_batch_size: Samples per yielded batch (the last one of an epoch may be smaller).
         window: Micro-batches per window (the trainer's ``accumulate_grad_batches``).
         collate_fn: Collates a list of samples into one batch dictionary.
-        **kwargs: Passed to ``DataLoader`` (``sampler``, ``num_workers``, ...);
-            ``batch_size`` is set here.
+        sampler: The order of the samples (e.g. a shuffling sampler); default: in order.
+        **kwargs: Passed to ``DataLoader`` (``num_workers``, ...).
     """
 
     def __init__(
         self,
-        dataset: Any,
+        dataset: Sequence[Any],
         micro_batch_size: int,
         window: int,
         collate_fn: Callable[[Sequence[Any]], dict[str, Any]],
+        sampler: Sampler[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if micro_batch_size < 1 or window < 1:
-            raise ValueError(
-                f"micro_batch_size and window must be >= 1, got {micro_batch_size} and {window}"
-            )
-        if kwargs.get("drop_last"):
-            raise ValueError("WindowedDataLoader does not drop batches: drop_last must be False")
-        self.micro_batch_size = micro_batch_size
-        self.window = window
-        collate = partial(collate_window, collate=collate_fn, micro_batch_size=micro_batch_size)
-        super().__init__(
-            dataset, batch_size=micro_batch_size * window, collate_fn=collate, **kwargs
+        plan = BatchPlan(
+            [1] * len(dataset),
+            batch_size=micro_batch_size,
+            window=window,
+            steps=False,
+            order=sampler,
         )
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for window in super().__iter__():
-            yield from window
-
-    def __len__(self) -> int:
-        """Micro-batches per epoch (of the sampler in use, e.g. one rank's share)."""
-        full_windows, rest = divmod(len(self.sampler), self.micro_batch_size * self.window)
-        return full_windows * self.window + math.ceil(rest / self.micro_batch_size)
+        super().__init__(dataset, plan, collate_fn, **kwargs)

@@ -9,7 +9,7 @@
 
 LD-DPO's down-weighting of the tokens past the shorter response is not here: it must apply to
 the policy and the reference alike, so it happens where the log-probs are summed
-(:func:`lightning_dpo.logprobs.sequence_logps`).
+(:func:`lightning_dpo.scoring.sequence_logps`).
 """
 
 from __future__ import annotations

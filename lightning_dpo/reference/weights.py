@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from lightning_dpo.eval_mode import eval_mode
+
 
 class WeightReference(Protocol):
     """What the reference callback needs of a way to reach pi_ref's weights.
@@ -55,22 +57,6 @@ class HasWeights(Protocol):
     @property
     def weights(self) -> WeightReference | None:
         """The weight reference, or ``None`` (a reference cache holds no weights)."""
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode, then restore each one's previous flag.
-
-    Restores the flags the modules had (not a constant), so a partly frozen model in
-    mixed train/eval modes comes back exactly as it was.
-    """
-    previous = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, was_training in previous:
-            module.training = was_training
 
 
 @contextmanager

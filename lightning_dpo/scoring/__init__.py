@@ -1,0 +1,40 @@
+"""Scoring a laid-out batch: per-sequence log-probs from one forward of a causal LM.
+
+- :mod:`~lightning_dpo.scoring.sequences`: the forward, the scored tokens, the sums per
+  sequence (LD-DPO and WPO weights on the way), split into pairs.
+- :mod:`~lightning_dpo.scoring.masks`: the attention mask a shared row needs, in the form
+  the model's attention implementation reads.
+- :mod:`~lightning_dpo.scoring.head`: the response-only LM head (label log-probs at the
+  scored positions, in chunks, logits recomputed in backward).
+- :mod:`~lightning_dpo.scoring.label_logps`: the plain path from materialised logits.
+- :mod:`~lightning_dpo.scoring.probes`: which layout and head are exact on a model.
+"""
+
+from lightning_dpo.scoring.head import head_label_logps, head_unsupported, response_head
+from lightning_dpo.scoring.label_logps import token_logps
+from lightning_dpo.scoring.probes import resolve_layout, response_head_unsupported
+from lightning_dpo.scoring.sequences import (
+    DEFAULT_LOGPS_CHUNK_SIZE,
+    ScoredTokens,
+    SequenceLogps,
+    ld_token_weights,
+    pair_logps,
+    scored_tokens,
+    sequence_logps,
+)
+
+__all__ = [
+    "DEFAULT_LOGPS_CHUNK_SIZE",
+    "ScoredTokens",
+    "SequenceLogps",
+    "head_label_logps",
+    "head_unsupported",
+    "ld_token_weights",
+    "pair_logps",
+    "resolve_layout",
+    "response_head",
+    "response_head_unsupported",
+    "scored_tokens",
+    "sequence_logps",
+    "token_logps",
+]

@@ -1,0 +1,111 @@
+"""Exactness probes: a layout or the response-only head is used only where it is exact.
+
+Each probe scores two fixed random pairs both ways, in eval mode without gradients: the
+``padded`` layout through the model's own logits (the reference), and the layout or head
+under test. A layout whose mask the model does not honour (another attention
+implementation, an architecture that rebuilds its mask) or a head the model post-processes
+shows up as a difference. In float32 the probe separates rounding (about 1e-5 on these sums)
+from a wrong mask (1e-3 and more, even on a random model); for 16-bit weights its tolerance
+is coarse.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lightning_dpo.data.layouts import LAYOUTS, lay_out
+from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.eval_mode import eval_mode
+from lightning_dpo.scoring.head import head_unsupported
+from lightning_dpo.scoring.masks import mask_unsupported
+from lightning_dpo.scoring.sequences import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
+
+FASTEST_LAYOUT = "packed"
+"""What ``auto`` picks where the model honours it: never more positions nor attention per
+row than ``prefix_shared``, and fewer rows."""
+
+
+def probe_pairs(vocab_size: int) -> list[TokenizedPair]:
+    """Two pairs of fixed random tokens, of different lengths (a packed row holds both)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(count: int) -> tuple[int, ...]:
+        return tuple(torch.randint(0, vocab_size, (count,), generator=generator).tolist())
+
+    return [
+        TokenizedPair(tokens(6), tokens(3), tokens(5)),
+        TokenizedPair(tokens(4), tokens(4), tokens(2)),
+    ]
+
+
+def tolerance(model: nn.Module) -> float:
+    """Largest difference of a probe's summed log-probs that counts as rounding."""
+    dtype = next(model.parameters()).dtype
+    return 1e-3 if dtype in (torch.float32, torch.float64) else 0.5
+
+
+def probe_difference(model: nn.Module, layout: str, response_only: bool) -> float:
+    """Max |difference| of the probe pairs' summed log-probs from the plain padded ones."""
+    pairs = probe_pairs(model.get_input_embeddings().num_embeddings)
+    device = next(model.parameters()).device
+
+    def scored(name: str, head: bool) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in lay_out(pairs, 0, name).items()}
+        chunk = DEFAULT_LOGPS_CHUNK_SIZE if head else None
+        return sequence_logps(model, batch, chunk_size=chunk, response_only=head).sums
+
+    with torch.no_grad(), eval_mode(model):
+        expected = scored("padded", False)
+        actual = scored(layout, response_only)
+    return float((actual.float() - expected.float()).abs().max())
+
+
+def layout_unsupported(model: nn.Module, layout: str) -> str | None:
+    """Why ``model`` cannot run ``layout`` exactly, or ``None`` (``padded`` always can)."""
+    if layout == "padded":
+        return None
+    reason = mask_unsupported(model)
+    if reason is not None:
+        return reason
+    difference = probe_difference(model, layout, response_only=False)
+    if difference > tolerance(model):
+        return (
+            f"its log-probs in this layout differ from the padded layout's by {difference:.3g} "
+            f"(its architecture does not honour the custom attention mask)"
+        )
+    return None
+
+
+def resolve_layout(requested: str, model: nn.Module) -> str:
+    """The layout to run: ``requested``, or for ``auto`` the fastest exact one.
+
+    Raises:
+        ValueError: For an unknown name, or a layout ``model`` cannot run exactly (naming
+            why and the layout that always works).
+    """
+    if requested not in LAYOUTS:
+        raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {requested!r}")
+    candidate = FASTEST_LAYOUT if requested == "auto" else requested
+    reason = layout_unsupported(model, candidate)
+    if reason is None:
+        if requested == "auto":
+            rank_zero_info(f"data.layout=auto: {candidate} (exact on this model: probed).")
+        return candidate
+    kind = type(model).__name__
+    if requested != "auto":
+        raise ValueError(f"data.layout={requested} cannot run {kind}: {reason}; use padded")
+    rank_zero_info(f"data.layout=auto: padded, because {kind} cannot take {candidate}: {reason}.")
+    return "padded"
+
+
+def response_head_unsupported(model: nn.Module) -> str | None:
+    """Why the response-only head cannot stand in for ``model``'s, or ``None`` if it can."""
+    reason = head_unsupported(model)
+    if reason is not None:
+        return reason
+    difference = probe_difference(model, "padded", response_only=True)
+    if difference > tolerance(model):
+        return f"its log-probs differ from the model's own logits by {difference:.3g}"
+    return None
