@@ -41,6 +41,13 @@ SIZES: dict[str, dict[str, int]] = {
         "num_hidden_layers": 8,
         "num_attention_heads": 4,
     },
+    "50M": {
+        "vocab_size": 8192,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 10,
+        "num_attention_heads": 9,
+    },
     "100M": {
         "vocab_size": 32000,
         "hidden_size": 768,
@@ -72,18 +79,28 @@ def parse_sizes(text: str) -> list[str]:
     return [check_size(name.strip()) for name in text.split(",") if name.strip()]
 
 
-def build_llama(size: str, seed: int = 0, pad_token_id: int = 0) -> LlamaForCausalLM:
+def build_llama(
+    size: str,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    max_positions: int = 512,
+    vocab_size: int | None = None,
+) -> LlamaForCausalLM:
     """A randomly initialised fp32 Llama of a named size (see :data:`SIZES`).
 
     Args:
         size: A key of :data:`SIZES`.
         seed: Seed of the initialisation.
         pad_token_id: Padding id (the character tokenizer's ``<pad>`` is 0).
+        max_positions: ``max_position_embeddings``.
+        vocab_size: Instead of the size's vocabulary (e.g. a tokenizer's length).
     """
-    fields = SIZES[check_size(size)]
+    fields = dict(SIZES[check_size(size)])
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
     config = LlamaConfig(
         num_key_value_heads=fields["num_attention_heads"],
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         pad_token_id=pad_token_id,
         bos_token_id=1,

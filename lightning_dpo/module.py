@@ -169,6 +169,8 @@ class PreferenceModule(pl.LightningModule):
                 reason = response_head_unsupported(self.policy)
                 if reason is not None:
                     rank_zero_info(f"Response-only LM head off: {reason}; scoring the logits.")
+                else:
+                    rank_zero_info("Response-only LM head: on (exact on this model: probed).")
             self._response_only = bool(self.response_head and self.logps_chunk_size) and not reason
         return self._response_only
 

@@ -93,10 +93,9 @@ def bare_trainer(tmp_path):
 
 
 def small_datamodule(tokenizer=None, batch_size: int = 8, **kwargs) -> PreferenceDataModule:
-    """The embedded task, shrunk for tests."""
-    return PreferenceDataModule(
-        tokenizer=tokenizer, num_train=64, num_val=16, batch_size=batch_size, **kwargs
-    )
+    """The embedded task, shrunk for tests (64 training and 16 validation pairs by default)."""
+    sizes = {"num_train": 64, "num_val": 16, **kwargs}
+    return PreferenceDataModule(tokenizer=tokenizer, batch_size=batch_size, **sizes)
 
 
 @pytest.fixture

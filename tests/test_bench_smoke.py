@@ -147,3 +147,61 @@ def test_checkpoint_integrity_quick_times_save_stamp_and_verify(bench, capsys):
         positive(cell)
     for cell in row[4:]:
         positive(cell.split()[0])
+
+
+def hh_shaped_file(path: Path, records: int = 60) -> Path:
+    """Dialogues shaped like HH-RLHF's (a shared prompt, two last assistant turns)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = ["the", "a", "model", "answer", "list", "then", "we", "should", "not", "you"]
+
+    def text(count: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(count))
+
+    lines = []
+    for _ in range(records):
+        prompt = f"\n\nHuman: {text(rng.randint(5, 60))}\n\nAssistant:"
+        row = {"chosen": prompt + " " + text(rng.randint(1, 20))}
+        row["rejected"] = prompt + " " + text(rng.randint(1, 20))
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tables(output: str) -> list[list[list[str]]]:
+    """Each Markdown table of ``output``: its rows of cells (header and rule excluded)."""
+    found, current = [], []
+    for line in [*output.splitlines(), ""]:
+        if line.startswith("| "):
+            current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif current:
+            found.append(current[2:])
+            current = []
+    return found
+
+
+def test_layouts_quick_measures_every_layout(bench, capsys, tmp_path):
+    data = hh_shaped_file(tmp_path / "hh.jsonl")
+    bench("bench_layouts").main(["--data", str(data), "--quick"])
+    positions, throughput = tables(capsys.readouterr().out)
+    assert [row[0] for row in positions] == ["padded", "prefix_shared", "packed"] * 2
+    for row in positions:
+        assert positive(row[3]) >= 1.0  # positions per unique token: never below the limit
+    packed_budget = positions[-1]
+    assert float(packed_budget[3]) < float(positions[0][3])
+    assert len(throughput) == 5
+    for row in throughput:
+        positive(row[3])
+
+
+def test_logprobs_quick_has_every_variant(capsys):
+    script = BENCH_DIR / "bench_logprobs.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, check=True
+    )
+    (rows,) = tables(result.stdout)
+    assert [row[1] for row in rows] == ["plain", "logits, chunked", "response-only head"] * 2
+    for row in rows:
+        positive(row[2])

@@ -101,6 +101,7 @@ class BatchPlan(DistributedSampler):
         self.epoch = 0
         self._replicas, self._rank = num_replicas, rank
         self._planned: tuple[int, list[list[tuple[int, ...]]]] | None = None
+        self._start = 0
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
@@ -171,17 +172,25 @@ class BatchPlan(DistributedSampler):
             self._planned = (self.epoch, [batches[r::ranks] for r in range(ranks)])
         return self._planned[1]
 
+    def skip(self, micro_batches: int) -> None:
+        """Start the next iteration after this many micro-batches of the epoch (resume)."""
+        self._start = micro_batches
+
     def __iter__(self) -> Iterator[PlannedFetch]:  # type: ignore[override]
         ranks = self.per_rank()
         mine = ranks[self.rank]
+        skipped, self._start = self._start, 0
         for start in range(0, len(mine), self.window):
             end = start + self.window
+            if end <= skipped:
+                continue
             pairs = sum(len(batch) for batches in ranks for batch in batches[start:end])
             pairs = pairs if self.steps else None
+            batches = mine[max(start, skipped) : end]  # a resumed window: its rest
             if self.grouped:
-                yield PlannedFetch(tuple(mine[start:end]), pairs)
+                yield PlannedFetch(tuple(batches), pairs)
             else:
-                yield from (PlannedFetch((batch,), pairs) for batch in mine[start:end])
+                yield from (PlannedFetch((batch,), pairs) for batch in batches)
 
     def __len__(self) -> int:
         """Items of this rank in the epoch: windows when ``grouped``, else micro-batches."""

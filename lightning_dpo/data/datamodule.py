@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from functools import partial
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -13,22 +10,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.batch_plan import BatchPlan
-from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
-from lightning_dpo.data.layouts import LAYOUTS, pair_tokens
-from lightning_dpo.data.loading import RewardDefaults, load_records
-from lightning_dpo.data.records import DataValidationError, PreferenceRecord
-from lightning_dpo.data.report import SplitStats, announce, split_stats
+from lightning_dpo.data.layouts import LAYOUTS
+from lightning_dpo.data.loaders import pair_loader
+from lightning_dpo.data.preparation import read_splits, tokenize_split
+from lightning_dpo.data.report import SplitStats, announce
 from lightning_dpo.data.requirements import require_pair_fields
-from lightning_dpo.data.sort_task import generate_sort_splits
-from lightning_dpo.data.splits import split_by_prompt
-from lightning_dpo.data.token_cache import cached_encodings
-from lightning_dpo.data.tokenization import TokenizedPair, build_pairs, resolve_max_prompt_length
+from lightning_dpo.data.sources import resolve_train_source
+from lightning_dpo.data.tokenization import TokenizedPair, resolve_max_prompt_length
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
-from lightning_dpo.data.validation import SkipReport, apply_policy, check_on_invalid
-from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.data.validation import SkipReport, check_on_invalid
 from lightning_dpo.scoring.probes import resolve_layout
 
 
@@ -138,7 +130,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"data.max_tokens must be a positive number or null, got {max_tokens}")
-        train_file = _resolve_train_file(train_file, path, require_file)
+        train_file = resolve_train_source(train_file, path, require_file)
         if val_file is not None and train_file is None:
             raise ValueError("val_file requires train_file")
         if batch_size < 1:
@@ -189,50 +181,6 @@ class PreferenceDataModule(L.LightningDataModule):
             self.layout = "padded"
         return self.layout
 
-    def _read(self, location: str, split: str) -> tuple[list[PreferenceRecord], SkipReport]:
-        """Reads and validates one source."""
-        hp = self.hparams
-        return load_records(
-            location,
-            self.tokenizer,
-            self.format_options,
-            RewardDefaults(hp.default_chosen_reward, hp.default_rejected_reward),
-            hp.on_invalid,
-            split,
-        )
-
-    def _load_records(self) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
-        """Reads (or generates) and validates the train and validation records."""
-        hp = self.hparams
-        if hp.train_file is None:
-            train, val = generate_sort_splits(hp.num_train, hp.num_val, hp.seed, with_rewards=True)
-            self._reports = {
-                split: SkipReport(records[0].source, total=len(records))
-                for split, records in (("train", train), ("val", val))
-            }
-            return train, val
-        train, report = self._read(hp.train_file, hp.train_split)
-        self._reports = {"train": report, "val": report}
-        if hp.val_file is None:
-            return split_by_prompt(train, hp.val_fraction, hp.seed)
-        val, self._reports["val"] = self._read(hp.val_file, hp.val_split)
-        return train, val
-
-    def _tokenize(
-        self, records: list[PreferenceRecord], split: str
-    ) -> tuple[list[TokenizedPair], SplitStats]:
-        """Encodes (once, cached) and cuts records; refuses or skips those that cannot fit."""
-        hp = self.hparams
-        encodings, _ = cached_encodings(records, self.tokenizer, hp.cache_dir)
-        built = build_pairs(records, encodings, self.tokenizer, hp.max_length, hp.max_prompt_length)
-        report = self._reports[split]
-        apply_policy(built.problems, hp.on_invalid, report)
-        if not built.pairs:
-            raise DataValidationError(f"{report.source}: expected at least one valid {split} pair")
-        limits = hp.max_length, hp.max_prompt_length
-        stats = split_stats(split, records, encodings, built, self.tokenizer, limits)
-        return [replace(pair, index=i) for i, pair in enumerate(built.pairs)], stats
-
     def setup(self, stage: str | None = None) -> None:
         """Loads, validates and tokenises all data, then reports it; later calls do nothing.
 
@@ -250,9 +198,11 @@ class PreferenceDataModule(L.LightningDataModule):
         self._resolved_layout()
         if self.train_pairs is not None:
             return
-        train, val = self._load_records()
-        (train_pairs, train_stats), (val_pairs, val_stats) = map(
-            self._tokenize, (train, val), ("train", "val")
+        hp, tokenizer = self.hparams, self.tokenizer
+        train, val, self._reports = read_splits(hp, tokenizer, self.format_options)
+        (train_pairs, train_stats), (val_pairs, val_stats) = (
+            tokenize_split(records, split, tokenizer, hp, self._reports[split])
+            for records, split in ((train, "train"), (val, "val"))
         )
         self.skipped = list({id(r): r for r in self._reports.values()}.values())
         self.stats = [train_stats, val_stats]
@@ -296,26 +246,21 @@ class PreferenceDataModule(L.LightningDataModule):
         assert self.train_pairs is not None and self.val_pairs is not None
         return self.train_pairs, self.val_pairs
 
-    def _loader(self, pairs: list[TokenizedPair], train: bool, **plan: object) -> DataLoader:
+    def _loader(self, pairs: list[TokenizedPair], train: bool, **ranks: int) -> DataLoader:
         """Batches of ``pairs`` in the layout, as planned (shuffled and windowed for training)."""
         hp = self.hparams
-        collate = partial(
-            collate_pairs, pad_token_id=self.tokenizer.pad_token_id, layout=self._resolved_layout()
-        )
-        window = self.trainer.accumulate_grad_batches if train and self.trainer else 1
-        batch_plan = BatchPlan(
-            [pair_tokens(pair) for pair in pairs],
+        return pair_loader(
+            pairs,
+            self.tokenizer,
+            self._resolved_layout(),
             batch_size=hp.batch_size,
             max_tokens=hp.max_tokens,
-            window=window,
-            grouped=hp.reference_windows,
-            shuffle=train,
             seed=hp.seed,
-            **plan,  # type: ignore[arg-type]
-        )
-        workers = hp.num_workers
-        return PlannedDataLoader(
-            pairs, batch_plan, collate, num_workers=workers, persistent_workers=workers > 0
+            train=train,
+            window=self.trainer.accumulate_grad_batches if train and self.trainer else 1,
+            grouped=hp.reference_windows,
+            num_workers=hp.num_workers,
+            **ranks,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -358,13 +303,3 @@ class PreferenceDataModule(L.LightningDataModule):
             ValueError: If a field name is not a field of the pairs.
         """
         require_pair_fields(self._pairs(), fields, reason)
-
-
-def _resolve_train_file(train_file: str | None, path: str | None, require_file: bool) -> str | None:
-    """``train_file`` or its alias ``path``; refuses both differing, or neither when required."""
-    if path is not None and train_file is not None and os.fspath(path) != os.fspath(train_file):
-        raise ValueError(f"path and train_file are aliases; got both: {path!r} and {train_file!r}")
-    train_file = train_file if train_file is not None else path
-    if train_file is None and require_file:
-        raise ValueError("no data given: set data.path=<file or folder> (alias data.train_file)")
-    return train_file

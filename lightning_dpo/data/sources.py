@@ -223,3 +223,15 @@ def read_rows(location: str | os.PathLike[str], split: str = "train") -> list[Ra
     if not rows:
         raise DataValidationError(f"{location}: expected at least one record, got none")
     return rows
+
+
+def resolve_train_source(
+    train_file: str | None, path: str | None, require_file: bool
+) -> str | None:
+    """``train_file`` or its alias ``path``; refuses both differing, or neither when required."""
+    if path is not None and train_file is not None and os.fspath(path) != os.fspath(train_file):
+        raise ValueError(f"path and train_file are aliases; got both: {path!r} and {train_file!r}")
+    train_file = train_file if train_file is not None else path
+    if train_file is None and require_file:
+        raise ValueError("no data given: set data.path=<file or folder> (alias data.train_file)")
+    return train_file

@@ -152,7 +152,9 @@ class PlannedDataLoader(DataLoader):
     It fetches and collates one optimizer step's window at a time (so each worker collates
     a whole window) and yields its micro-batches one by one, each with ``step_pairs`` and,
     for windows of more than one micro-batch, its :class:`WindowSlot`. ``len()`` counts this
-    rank's micro-batches.
+    rank's micro-batches. It is stateful (``state_dict``/``load_state_dict``): Lightning keeps
+    the micro-batches consumed in the epoch in its checkpoints, and a run resumed in the
+    middle of an epoch continues with the next one, exactly as the interrupted run would.
 
     Args:
         items: The samples (tokenised pairs).
@@ -173,6 +175,8 @@ class PlannedDataLoader(DataLoader):
                 f"{type(self).__name__} does not drop batches: drop_last must be False"
             )
         self.plan = plan
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
         windowed = plan.grouped and plan.window > 1
         collate = partial(collate_fetch, collate=collate_fn, windowed=windowed)
         super().__init__(
@@ -180,8 +184,25 @@ class PlannedDataLoader(DataLoader):
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._yielded = 0
+        if self._resume is not None:
+            epoch, consumed = self._resume
+            self._resume = None
+            if epoch == self.plan.epoch:
+                self.plan.skip(consumed)
+                self._yielded = consumed
         for batches in super().__iter__():
-            yield from batches
+            for batch in batches:
+                self._yielded += 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its micro-batches this loader has handed out."""
+        return {"epoch": self.plan.epoch, "micro_batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration of that epoch starts after its consumed micro-batches."""
+        self._resume = (int(state["epoch"]), int(state["micro_batches"]))
 
     def __len__(self) -> int:
         """Micro-batches of this rank per epoch."""

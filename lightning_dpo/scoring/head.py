@@ -89,7 +89,9 @@ class _HeadLabelLogps(torch.autograd.Function):
                 grad = grad.scatter_add_(-1, labels[start:end, None], upstream).to(logits.dtype)
                 if grad_hidden is not None:
                     grad_hidden[start:end] = grad @ weight
-                if grad_weight is not None:
+                if grad_weight is not None and grad.dtype == chunk.dtype == torch.float32:
+                    grad_weight.addmm_(grad.T, chunk)  # in place: no [V, H] temporary
+                elif grad_weight is not None:
                     grad_weight += grad.T @ chunk
                 if grad_bias is not None:
                     grad_bias += grad.sum(0)

@@ -1,9 +1,11 @@
 """Train the tiny policy for some steps in a process of its own (crash-and-resume test).
 
 ``python tests/scripts/train_steps.py INIT_SEED MAX_STEPS OUT [--ckpt-dir D --crash-at N]
-[--resume CKPT]`` writes to OUT the loss of every step it ran and every batch with its
-reference log-probs. With ``--ckpt-dir`` a checkpoint is written every 4 steps; with
-``--crash-at N`` the process dies (exit code 3) at the start of step N.
+[--resume CKPT] [--max-tokens N]`` writes to OUT the loss of every step it ran and every
+batch with its reference log-probs. With ``--ckpt-dir`` a checkpoint is written every 4
+steps; with ``--crash-at N`` the process dies (exit code 3) at the start of step N; with
+``--max-tokens`` the batches are packed token-budget batches (a step-4 checkpoint then
+falls inside an epoch).
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def main() -> None:
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--crash-at", type=int)
     parser.add_argument("--resume")
+    parser.add_argument("--max-tokens", type=int, help="token-budget batches, packed")
     args = parser.parse_args()
 
-    datamodule = PreferenceDataModule(**DATA)
+    budget = {"max_tokens": args.max_tokens, "layout": "packed"} if args.max_tokens else {}
+    datamodule = PreferenceDataModule(**DATA, **budget)
     torch.manual_seed(args.init_seed)
     policy = build_policy(datamodule.tokenizer, tiny=TINY)
     module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
