@@ -205,3 +205,20 @@ def test_logprobs_quick_has_every_variant(capsys):
     assert [row[1] for row in rows] == ["plain", "logits, chunked", "response-only head"] * 2
     for row in rows:
         positive(row[2])
+
+
+def test_gpu_check_runs_its_code_on_the_cpu_and_refuses_without_cuda(bench, capsys):
+    """No GPU here: the CPU smoke mode runs every check's code; the default says why not."""
+    gpu_check = bench("gpu_check")
+    gpu_check.main(["--device", "cpu", "--quick"])
+    (rows,) = tables(capsys.readouterr().out)
+    names = [row[0] for row in rows]
+    assert "bf16-mixed step-0 DPO loss" in names
+    assert sum(name.endswith("response-only head, fp32") for name in names) == 3
+    loss = next(row for row in rows if row[0] == "bf16-mixed step-0 DPO loss")
+    assert abs(float(loss[1]) - math.log(2)) < 1e-3
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stop:
+            gpu_check.main([])
+        assert stop.value.code == 2
+        assert "no CUDA device here" in capsys.readouterr().out

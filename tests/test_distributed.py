@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_dpo.data import build_char_tokenizer
+from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
 from lightning_dpo.policy import build_policy
+from lightning_dpo.reference.cache_store import compute_pair_logps
 from tests.conftest import reference_logps
 from tests.distributed.run_reference import TINY
 
@@ -19,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "distributed" / "run_reference.py"
 
 
-def _run(strategy: str, out_dir: Path, accumulate: int = 1) -> list[dict]:
+def _run(strategy: str, out_dir: Path, *options: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), strategy, str(out_dir), str(accumulate)],
+        [sys.executable, str(SCRIPT), strategy, str(out_dir), *options],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -70,7 +72,7 @@ def test_accumulation_swaps_once_per_optimizer_step_on_every_rank(tmp_path, stra
     bracket per optimizer step (FSDP2's forwards gather shards: the ranks' bracket
     sequences must match), and every micro-batch gets the reference.
     """
-    ranks = _run(strategy, tmp_path, accumulate=3)
+    ranks = _run(strategy, tmp_path, "--accumulate", "3")
     initial = _initial_policy()
     for rank in ranks:
         # 32 pairs per rank in batches of 4: 8 micro-batches per epoch, stepped 3 + 3 + 2;
@@ -82,3 +84,40 @@ def test_accumulation_swaps_once_per_optimizer_step_on_every_rank(tmp_path, stra
     first = [b["pair_index"] for b in ranks[0]["batches"][:8]]
     second = [b["pair_index"] for b in ranks[1]["batches"][:8]]
     assert not set(torch.cat(first).tolist()) & set(torch.cat(second).tolist())
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_reference_cache_computed_by_two_ranks_is_the_single_process_one(tmp_path, strategy):
+    """Each rank scores its share of the cache pass: the gathered table is bitwise one process's.
+
+    It then loads under any number of processes (the key knows no world size).
+    """
+    cache = tmp_path / "cache"
+    ranks = _run(strategy, tmp_path / "first", "--cache", str(cache))
+    tables = sorted(cache.glob("*.pt"))
+    assert len(tables) == 2  # train and val, written once
+    datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4, layout="packed")
+    datamodule.setup()
+    initial = _initial_policy()
+    written = {path.name: torch.load(path) for path in tables}
+    for split in ("train", "val"):
+        single = compute_pair_logps(
+            datamodule.ordered_dataloader(split), lambda b: reference_logps(initial, b)
+        )
+        assert any(torch.equal(single, table) for table in written.values()), split
+    for rank in ranks:  # every step's reference came from the table
+        for batch in rank["batches"]:
+            index = batch["pair_index"]
+            expected = torch.cat([table_of(written, index)[:, 0], table_of(written, index)[:, 1]])
+            assert torch.equal(batch[rank["key"]], expected)
+    # 64 + 16 pairs in batches of 4: 20 batches, 10 per rank, then 4 policy forwards.
+    assert [rank["forwards"] for rank in ranks] == [10 + 4, 10 + 4]
+    again = _run(strategy, tmp_path / "second", "--cache", str(cache))
+    assert sorted(cache.glob("*.pt")) == tables
+    assert [rank["forwards"] for rank in again] == [4, 4]  # loaded: no reference forward
+
+
+def table_of(tables: dict, index: torch.Tensor) -> torch.Tensor:
+    """The rows of the training table (the one that holds 64 pairs) at ``index``."""
+    (train,) = [table for table in tables.values() if table.shape[0] == 64]
+    return train[index]

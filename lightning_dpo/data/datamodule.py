@@ -267,15 +267,17 @@ class PreferenceDataModule(L.LightningDataModule):
         """Shuffled (seeded) training batches, in optimizer-step windows (``reference_windows``)."""
         return self._loader(self._pairs()[0], train=True)
 
-    def ordered_dataloader(self, split: str) -> DataLoader:
-        """Batches of ``split`` (``"train"`` or ``"val"``), every pair once, on this process.
+    def ordered_dataloader(self, split: str, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+        """Batches of ``split`` (``"train"`` or ``"val"``) in order, every pair once.
 
         Used to precompute per-pair values keyed by ``pair_index`` (the reference cache).
+        With ``num_replicas`` processes, ``rank``'s share: the batches one process would
+        get, dealt round-robin (the first ones repeated so that every share has as many).
         """
         splits = dict(zip(("train", "val"), self._pairs(), strict=True))
         if split not in splits:
             raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
-        return self._loader(splits[split], train=False, num_replicas=1, rank=0)
+        return self._loader(splits[split], train=False, num_replicas=num_replicas, rank=rank)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, dealt between the ranks."""

@@ -52,7 +52,12 @@ class AdapterDisabledReference:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], policy: nn.Module, swap_mode: str, where: str
+        cls,
+        state: Mapping[str, Any],
+        policy: nn.Module,
+        swap_mode: str,
+        where: str,
+        share: object = None,
     ) -> AdapterDisabledReference:
-        """The adapter-disabled reference a checkpoint recorded (nothing to restore)."""
+        """The adapter-disabled reference a checkpoint recorded (nothing to restore or share)."""
         return cls()

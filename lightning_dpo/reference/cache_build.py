@@ -5,7 +5,10 @@ every step of every epoch, and again in every run of a sweep over losses and bet
 waste. At fit start the policy *is* the reference: one pass over each split (no swap, no
 host snapshot) gives every pair's reference log-probs, saved under their
 :func:`~lightning_dpo.reference.cache_store.cache_key`. A later run with the same key
-loads them instead. Everything a pass needs comes in as arguments; nothing here reads
+loads them instead, whatever its number of processes. Under data parallelism each rank
+scores its share of the batches (the batches a single process would score, dealt between
+the ranks), the shares are gathered, and one rank writes: the table is bitwise the
+single-process one. Everything a pass needs comes in as arguments; nothing here reads
 the trainer.
 """
 
@@ -13,12 +16,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+import torch.distributed as dist
 
 from lightning_dpo.errors import CheckpointError
-from lightning_dpo.reference.cache_store import ReferenceLogpsCache, cache_key
+from lightning_dpo.reference.cache_store import (
+    PairChunk,
+    ReferenceLogpsCache,
+    assemble_table,
+    cache_key,
+)
 from lightning_dpo.reference.sources import CachedSource
 
 log = logging.getLogger(__name__)
@@ -27,13 +36,41 @@ SPLITS = ("train", "val")
 
 @runtime_checkable
 class PairIndexedData(Protocol):
-    """The data a cache needs: a fingerprint per split and its batches in pair order."""
+    """The data a cache needs: a fingerprint per split and its batches, every pair once."""
 
     def fingerprint(self, split: str) -> str:
         """Identifies the tokenised split."""
 
-    def ordered_dataloader(self, split: str) -> Iterable[Any]:
-        """The split's host batches in ``pair_index`` order."""
+    def ordered_dataloader(self, split: str, num_replicas: int = 1, rank: int = 0) -> Iterable[Any]:
+        """The split's host batches, every pair once over the ``num_replicas`` shares."""
+
+
+def _single_process(chunks: list[PairChunk]) -> list[list[PairChunk]]:
+    return [chunks]
+
+
+def gather_from_ranks(chunks: list[PairChunk]) -> list[list[PairChunk]]:
+    """Every rank's chunks, on every rank (``all_gather_object``; this one's alone if none)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [chunks]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, chunks)
+    return gathered
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's share of the cache pass.
+
+    Attributes:
+        rank: Its global rank.
+        world: The number of processes.
+        gather: This process's chunks -> every process's (an all-gather).
+    """
+
+    rank: int = 0
+    world: int = 1
+    gather: Callable[[list[PairChunk]], list[list[PairChunk]]] = _single_process
 
 
 def build_cached_source(
@@ -41,27 +78,31 @@ def build_cached_source(
     reference: str,
     data: PairIndexedData,
     settings: Mapping[str, object],
-    compute_table: Callable[[Iterable[Any]], Tensor],
-    write: bool,
+    score: Callable[[Iterable[Any]], list[PairChunk]],
+    share: Share | None = None,
 ) -> CachedSource:
-    """Load each split's table from ``store``, or compute it and (``write``) save it.
+    """Load each split's table from ``store``, or compute it and save it (rank zero).
 
     Args:
         store: The cache directory.
         reference: Fingerprint of the reference weights.
         data: The splits.
         settings: What else changes the log-probs (log-prob options, precision).
-        compute_table: Ordered host batches -> ``[N, 2]`` table (the reference forward).
-        write: Whether this process writes computed tables (global rank zero).
+        score: Host batches -> their pairs' log-probs (the reference forward).
+        share: This process's share of the pass; default: a single process.
     """
+    share = share or Share()
     tables, keys = {}, {}
     for split in SPLITS:
         keys[split] = key = cache_key(reference, data.fingerprint(split), dict(settings))
         table = store.load(key)
         how = "loaded from cache"
         if table is None:
-            table, how = compute_table(data.ordered_dataloader(split)), "computed, cached at"
-            if write:
+            batches = data.ordered_dataloader(split, num_replicas=share.world, rank=share.rank)
+            shares = share.gather(score(batches))
+            table = assemble_table(chunk for chunks in shares for chunk in chunks)
+            how = "computed, cached at"
+            if share.rank == 0:
                 store.save(key, table)
         tables[split] = table
         log.info(

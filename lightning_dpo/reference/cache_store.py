@@ -33,20 +33,33 @@ def cache_key(reference: str, data: str, settings: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def compute_pair_logps(
+PairChunk = tuple[Tensor, Tensor]
+"""``(pair_index [B], values [B, 2])`` of one batch, on the host."""
+
+
+def pair_logps_chunks(
     batches: Iterable[dict[str, Tensor]], forward: Callable[[dict[str, Tensor]], Tensor]
-) -> Tensor:
-    """Run ``forward`` over ordered batches; gather ``[N, 2]`` (chosen, rejected) by pair.
+) -> list[PairChunk]:
+    """Run ``forward`` over batches; each batch's pairs and their (chosen, rejected) log-probs.
 
     Raises:
         KeyError: A batch has no ``pair_index``.
-        RuntimeError: Some pair was never seen.
     """
-    chunks: list[tuple[Tensor, Tensor]] = []
+    chunks: list[PairChunk] = []
     for batch in batches:
         sums = forward(batch).detach().float().cpu()
         half = sums.shape[0] // 2
         chunks.append((batch["pair_index"].cpu(), torch.stack([sums[:half], sums[half:]], -1)))
+    return chunks
+
+
+def assemble_table(chunks: Iterable[PairChunk]) -> Tensor:
+    """The ``[N, 2]`` table by ``pair_index`` of chunks (from one process or several).
+
+    Raises:
+        RuntimeError: Some pair was never seen.
+    """
+    chunks = list(chunks)
     size = max(int(index.max()) for index, _ in chunks) + 1 if chunks else 0
     table = torch.full((size, 2), float("nan"))
     for index, values in chunks:
@@ -54,6 +67,13 @@ def compute_pair_logps(
     if torch.isnan(table).any():
         raise RuntimeError("some pairs got no reference log-probs: is the loader complete?")
     return table
+
+
+def compute_pair_logps(
+    batches: Iterable[dict[str, Tensor]], forward: Callable[[dict[str, Tensor]], Tensor]
+) -> Tensor:
+    """``[N, 2]`` (chosen, rejected) by pair of ordered batches, in one process."""
+    return assemble_table(pair_logps_chunks(batches, forward))
 
 
 class ReferenceLogpsCache:

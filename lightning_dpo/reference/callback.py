@@ -14,7 +14,9 @@ from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.reference.cache_build import (
     PairIndexedData,
+    Share,
     build_cached_source,
+    gather_from_ranks,
     load_cached_source,
 )
 from lightning_dpo.reference.cache_store import (
@@ -23,6 +25,7 @@ from lightning_dpo.reference.cache_store import (
 )
 from lightning_dpo.reference.contract import ReferenceScoredModule, check_module
 from lightning_dpo.reference.host_snapshot import SwapMode
+from lightning_dpo.reference.node_share import NodeShare
 from lightning_dpo.reference.selection import (
     fresh_weights,
     missing_state,
@@ -31,7 +34,7 @@ from lightning_dpo.reference.selection import (
 )
 from lightning_dpo.reference.settings import SNAPSHOT_DTYPES, ReferenceMode, check_settings
 from lightning_dpo.reference.sources import CachedSource, LogpsSource, ReferenceScorer, SwapSource
-from lightning_dpo.reference.strategies import check_supported_strategy
+from lightning_dpo.reference.strategies import check_supported_strategy, node_share
 from lightning_dpo.reference.weights import WeightReference
 
 
@@ -95,6 +98,9 @@ class ReferenceSwapCallback(Callback):
         datamodule: The data the cache is computed over (``fingerprint(split)`` and
             ``ordered_dataloader(split)``, as ``PreferenceDataModule``); by default the
             datamodule given to ``fit``. See :meth:`connect`.
+        share_snapshot: Under DDP with several processes per node, keep one host snapshot
+            per node in shared memory (``/dev/shm``) mapped by its ranks, instead of one per
+            rank (:mod:`~lightning_dpo.reference.node_share`). ``False``: one per rank.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class ReferenceSwapCallback(Callback):
         sync_alpha: float = 1.0,
         logps_cache_dir: str | None = None,
         datamodule: PairIndexedData | None = None,
+        share_snapshot: bool = True,
     ) -> None:
         check_settings(mode, snapshot_dtype, sync_every, sync_alpha, logps_cache_dir)
         self.mode = mode
@@ -115,6 +122,7 @@ class ReferenceSwapCallback(Callback):
         self.sync_alpha = sync_alpha
         self.logps_cache_dir = logps_cache_dir
         self.datamodule = datamodule
+        self.share_snapshot = share_snapshot
         #: Where the reference log-probs come from (``None`` until ``fit`` starts).
         self.source: LogpsSource | None = None
         self._scorer: ReferenceScorer | None = None
@@ -250,13 +258,18 @@ class ReferenceSwapCallback(Callback):
     ) -> LogpsSource:
         """The reference of this run: from the checkpoint, the cache, or the policy now."""
         if self._restored_state is not None or trainer.ckpt_path is not None:
-            return self._restored_source(str(trainer.ckpt_path), module)
+            return self._restored_source(str(trainer.ckpt_path), module, trainer)
         if self.logps_cache_dir is not None:
             return self._cached_source(trainer, module, scorer)
         moving = self.sync_every is not None
         mode = resolve_mode(self.mode, module.policy, moving_reference=moving)
         dtype = SNAPSHOT_DTYPES[self.snapshot_dtype]
-        return SwapSource(fresh_weights(module.policy, mode, dtype, self.swap_mode))
+        share = self._node_share(trainer)
+        return SwapSource(fresh_weights(module.policy, mode, dtype, self.swap_mode, share))
+
+    def _node_share(self, trainer: pl.Trainer) -> NodeShare | None:
+        """One host snapshot per node under DDP (``share_snapshot``), else ``None``."""
+        return node_share(trainer) if self.share_snapshot else None
 
     def _cached_source(
         self, trainer: pl.Trainer, module: ReferenceScoredModule, scorer: ReferenceScorer
@@ -274,13 +287,14 @@ class ReferenceSwapCallback(Callback):
             ReferenceLogpsCache(self.logps_cache_dir),
             model_fingerprint(module.policy),
         )
-        source = build_cached_source(
-            store, reference, data, settings, scorer.table, write=trainer.is_global_zero
-        )
+        share = Share(trainer.global_rank, trainer.world_size, gather_from_ranks)
+        source = build_cached_source(store, reference, data, settings, scorer.pair_chunks, share)
         trainer.strategy.barrier("reference_cache")
         return source
 
-    def _restored_source(self, where: str, module: ReferenceScoredModule) -> LogpsSource:
+    def _restored_source(
+        self, where: str, module: ReferenceScoredModule, trainer: pl.Trainer
+    ) -> LogpsSource:
         state, self._restored_state = self._restored_state, None
         if not state:
             raise missing_state(where, self.mode)
@@ -294,4 +308,6 @@ class ReferenceSwapCallback(Callback):
                 ReferenceLogpsCache(self.logps_cache_dir), state["cache_keys"]
             )
         self._last_sync_step = state.get("last_sync_step", 0)
-        return SwapSource(weights_from_state(state, module.policy, self.swap_mode, where))
+        share = self._node_share(trainer)
+        weights = weights_from_state(state, module.policy, self.swap_mode, where, share)
+        return SwapSource(weights)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.integrity import tensors_fingerprint
+from lightning_dpo.reference.node_share import NodeShare, shared_tensors
 from lightning_dpo.reference.weights import local_tensor, trainable_parameters
 
 SwapMode = Literal["auto", "copy", "exchange"]
@@ -20,6 +22,16 @@ SWAP_MODES = ("auto", "copy", "exchange")
 def _host_buffer_like(tensor: Tensor, pin_memory: bool, dtype: torch.dtype | None = None) -> Tensor:
     dtype = dtype or tensor.dtype
     return torch.empty(tensor.shape, dtype=dtype, device="cpu", pin_memory=pin_memory)
+
+
+def _filler(snapshot: Mapping[str, Tensor]) -> Callable[[dict[str, Tensor]], None]:
+    """Writes ``snapshot``'s values into a node segment's tensors (converting the dtype)."""
+
+    def fill(views: dict[str, Tensor]) -> None:
+        for name, tensor in snapshot.items():
+            views[name].copy_(tensor)
+
+    return fill
 
 
 def snapshot_fingerprint(snapshot: Mapping[str, Tensor]) -> str:
@@ -56,6 +68,9 @@ class HostSnapshotReference:
             memory, at the cost of rounding the reference weights); ``None`` keeps
             each parameter's own dtype.
         swap_mode: How to swap, see above.
+        share: Keep the snapshot once per node, in memory shared by the node's ranks
+            (:mod:`~lightning_dpo.reference.node_share`; DDP, where every rank holds the
+            same reference); ``None``: a copy of this process's own.
     """
 
     kind = "snapshot"
@@ -66,22 +81,32 @@ class HostSnapshotReference:
         pin_memory: bool = False,
         dtype: torch.dtype | None = None,
         swap_mode: SwapMode = "auto",
+        share: NodeShare | None = None,
     ) -> None:
         if swap_mode not in SWAP_MODES:
             raise ValueError(f"swap_mode must be one of {SWAP_MODES}, got {swap_mode!r}")
         self.pin_memory = pin_memory
         self.swap_mode = swap_mode
-        self.snapshot = {
-            name: _host_buffer_like(tensor, pin_memory, dtype).copy_(tensor)
-            for name, tensor in snapshot.items()
-        }
+        self.share = share
+        if share is None:
+            self.snapshot = {
+                name: _host_buffer_like(tensor, pin_memory, dtype).copy_(tensor)
+                for name, tensor in snapshot.items()
+            }
+        else:
+            specs = {n: (tuple(t.shape), dtype or t.dtype) for n, t in snapshot.items()}
+            self.snapshot = shared_tensors(specs, replace(share, pin=pin_memory), _filler(snapshot))
         self._stash: dict[str, Tensor] = {}
         self._swapped: list[tuple[nn.Parameter, Tensor, bool]] = []
         self._fingerprint: str | None = None
 
     @classmethod
     def capture(
-        cls, model: nn.Module, dtype: torch.dtype | None = None, swap_mode: SwapMode = "auto"
+        cls,
+        model: nn.Module,
+        dtype: torch.dtype | None = None,
+        swap_mode: SwapMode = "auto",
+        share: NodeShare | None = None,
     ) -> HostSnapshotReference:
         """Snapshot the trainable parameters (local shards) of ``model`` as it is now."""
         params = trainable_parameters(model)
@@ -90,11 +115,11 @@ class HostSnapshotReference:
         pin = any(param.is_cuda for param in params.values()) and torch.cuda.is_available()
         with torch.no_grad():
             local = {name: local_tensor(param.detach()) for name, param in params.items()}
-            return cls(local, pin, dtype, swap_mode)
+            return cls(local, pin, dtype, swap_mode, share)
 
     @property
     def nbytes(self) -> int:
-        """Host bytes held by the snapshot (a copy-mode stash holds as many again)."""
+        """Host bytes of the snapshot: per node when shared (a copy-mode stash: more per rank)."""
         return sum(t.numel() * t.element_size() for t in self.snapshot.values())
 
     @property
@@ -190,7 +215,12 @@ class HostSnapshotReference:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], policy: nn.Module, swap_mode: SwapMode, where: str
+        cls,
+        state: Mapping[str, Any],
+        policy: nn.Module,
+        swap_mode: SwapMode,
+        where: str,
+        share: NodeShare | None = None,
     ) -> HostSnapshotReference:
         """The snapshot a checkpoint recorded, verified and matched to ``policy``.
 
@@ -199,6 +229,7 @@ class HostSnapshotReference:
             policy: The live (resumed) policy the reference is swapped into.
             swap_mode: How the restored snapshot is swapped in.
             where: The checkpoint, for messages.
+            share: Keep it once per node (see the class).
 
         Raises:
             CheckpointError: The snapshot does not match its fingerprint, or the model.
@@ -210,7 +241,7 @@ class HostSnapshotReference:
                 "the checkpoint is corrupt"
             )
         pin = any(param.is_cuda for param in policy.parameters())
-        restored = cls(snapshot, pin_memory=pin, swap_mode=swap_mode)
+        restored = cls(snapshot, pin_memory=pin, swap_mode=swap_mode, share=share)
         try:
             restored.check_compatible(policy)
         except RuntimeError as error:
@@ -228,7 +259,9 @@ class HostSnapshotReference:
         """Move the reference towards the live weights: ``ref <- (1-alpha) ref + alpha live``.
 
         ``alpha=1`` is a hard copy. Used for TR-DPO's periodic reference updates; refused
-        while a swap is in flight (the live weights would be the reference itself).
+        while a swap is in flight (the live weights would be the reference itself). A
+        node-shared snapshot is written by the node's local rank 0 alone, between barriers
+        (every rank calls this; their policies are the same).
         """
         if self.in_flight:
             raise RuntimeError("cannot update the reference while it is swapped in")
@@ -236,6 +269,15 @@ class HostSnapshotReference:
             raise ValueError(f"reference update alpha must be in (0, 1], got {alpha}")
         params = self.check_compatible(model)
         self._fingerprint = None
+        if self.share is None:
+            self._write_update(params, alpha)
+            return
+        self.share.barrier()  # nobody reads the reference while it changes
+        if self.share.writer:
+            self._write_update(params, alpha)
+        self.share.barrier()
+
+    def _write_update(self, params: Mapping[str, nn.Parameter], alpha: float) -> None:
         with torch.no_grad():
             for name, ref in self.snapshot.items():
                 live = local_tensor(params[name].detach()).to("cpu", ref.dtype)

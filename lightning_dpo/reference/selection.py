@@ -19,6 +19,7 @@ from lightning_dpo.errors import CheckpointError
 from lightning_dpo.policy import has_trained_adapter, is_peft_model
 from lightning_dpo.reference.adapters import AdapterDisabledReference
 from lightning_dpo.reference.host_snapshot import HostSnapshotReference, SwapMode
+from lightning_dpo.reference.node_share import NodeShare
 from lightning_dpo.reference.weights import WeightReference
 
 WEIGHT_KINDS: dict[str, type[HostSnapshotReference] | type[AdapterDisabledReference]] = {
@@ -42,7 +43,11 @@ def resolve_mode(mode: str, policy: nn.Module, moving_reference: bool) -> str:
 
 
 def fresh_weights(
-    policy: nn.Module, mode: str, snapshot_dtype: torch.dtype | None, swap_mode: SwapMode
+    policy: nn.Module,
+    mode: str,
+    snapshot_dtype: torch.dtype | None,
+    swap_mode: SwapMode,
+    share: NodeShare | None = None,
 ) -> WeightReference:
     """The reference of a fresh run: ``policy`` as it is now, said in the log.
 
@@ -51,6 +56,7 @@ def fresh_weights(
         mode: ``"snapshot"`` or ``"disable_adapters"`` (see :func:`resolve_mode`).
         snapshot_dtype: dtype of the host snapshot, ``None`` for each parameter's own.
         swap_mode: How the snapshot is swapped in.
+        share: Keep a snapshot once per node (DDP), or ``None``.
 
     Raises:
         TypeError: ``"disable_adapters"`` for a policy that is not a peft model.
@@ -66,11 +72,12 @@ def fresh_weights(
         else:
             rank_zero_info("Reference policy: the base model, with the adapters disabled.")
         return AdapterDisabledReference()
-    snapshot = HostSnapshotReference.capture(policy, snapshot_dtype, swap_mode)
+    snapshot = HostSnapshotReference.capture(policy, snapshot_dtype, swap_mode, share)
     what = "the trained adapter" if is_peft_model(policy) else "the trainable weights"
+    where = "per rank" if share is None else f"per node, shared by its {share.local_world} ranks"
     rank_zero_info(
         f"Reference policy: host snapshot of {what}, {len(snapshot.snapshot)} tensors "
-        f"({snapshot.nbytes / 2**20:.2f} MiB per rank"
+        f"({snapshot.nbytes / 2**20:.2f} MiB {where}"
         f"{', pinned' if snapshot.pin_memory else ''})."
     )
     return snapshot
@@ -87,7 +94,11 @@ def missing_state(where: str, mode: str) -> CheckpointError:
 
 
 def weights_from_state(
-    state: Mapping[str, Any], policy: nn.Module, swap_mode: SwapMode, where: str
+    state: Mapping[str, Any],
+    policy: nn.Module,
+    swap_mode: SwapMode,
+    where: str,
+    share: NodeShare | None = None,
 ) -> WeightReference:
     """The weight reference recorded in a checkpoint's callback state, checked.
 
@@ -96,6 +107,7 @@ def weights_from_state(
         policy: The live (resumed) policy.
         swap_mode: How a restored snapshot is swapped in.
         where: The checkpoint, for messages.
+        share: Keep a restored snapshot once per node (DDP), or ``None``.
 
     Raises:
         CheckpointError: An unknown kind, or a snapshot that is corrupt or does not fit.
@@ -103,6 +115,6 @@ def weights_from_state(
     kind = state["reference"]
     if kind not in WEIGHT_KINDS:
         raise CheckpointError(f"{where}: unknown reference kind {kind!r} in the checkpoint")
-    weights = WEIGHT_KINDS[kind].from_state(state, policy, swap_mode, where)
+    weights = WEIGHT_KINDS[kind].from_state(state, policy, swap_mode, where, share)
     rank_zero_info(f"Reference policy ({kind}) restored from the checkpoint.")
     return weights

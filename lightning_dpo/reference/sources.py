@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from lightning_dpo.batch import PAIR_INDEX_KEY, PreferenceBatch
 from lightning_dpo.data.windows import WindowSlot
-from lightning_dpo.reference.cache_store import compute_pair_logps
+from lightning_dpo.reference.cache_store import PairChunk, pair_logps_chunks
 from lightning_dpo.reference.weights import WeightReference, reference_context
 
 
@@ -62,12 +62,12 @@ class ReferenceScorer:
         with self.forward_context(), reference_context(weights, self.policy):
             return [self.score(batch).detach() for batch in batches]
 
-    def table(self, batches: Iterable[Any]) -> Tensor:
-        """``[N, 2]`` log-probs by ``pair_index`` of ordered host batches.
+    def pair_chunks(self, batches: Iterable[Any]) -> list[PairChunk]:
+        """Each host batch's pairs and their (chosen, rejected) log-probs.
 
         The live policy is the reference (no weights entered): the cache's pass at fit start.
         """
-        return compute_pair_logps(
+        return pair_logps_chunks(
             batches, lambda batch: self.bracket(None, [self.to_device(batch)])[0]
         )
 

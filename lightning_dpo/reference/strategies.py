@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 from lightning.pytorch.strategies import (
     DDPStrategy,
     ModelParallelStrategy,
@@ -9,13 +10,34 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 
+from lightning_dpo.reference.node_share import NodeShare, job_token
+
 SUPPORTED_STRATEGIES: tuple[type[Strategy], ...] = (
     SingleDeviceStrategy,
     DDPStrategy,
     ModelParallelStrategy,
 )
-"""Single device, DDP (each rank keeps its own snapshot) and FSDP2 via
+"""Single device, DDP (one host snapshot per node, shared by its ranks) and FSDP2 via
 ``ModelParallelStrategy`` (each rank snapshots its local shards)."""
+
+
+def node_share(trainer: pl.Trainer) -> NodeShare | None:
+    """How the ranks of each node share one host snapshot, or ``None`` where they cannot.
+
+    Under DDP with several processes on a node every rank holds the same reference, so the
+    node keeps one copy. Every rank of the job must call this together (a broadcast).
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy) or trainer.num_devices < 2:
+        return None
+    token = strategy.broadcast(job_token() if trainer.is_global_zero else None, src=0)
+    return NodeShare(
+        local_rank=strategy.local_rank,
+        local_world=trainer.num_devices,
+        node_rank=strategy.node_rank,
+        token=token,
+        barrier=lambda: strategy.barrier("reference_snapshot"),
+    )
 
 
 def check_supported_strategy(strategy: Strategy) -> None:
