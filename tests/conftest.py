@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
@@ -80,6 +81,17 @@ def make_bare_trainer(root: Path, callbacks: list, max_steps: int = 5, **kwargs)
         **kwargs,
     }
     return pl.Trainer(**settings)
+
+
+def step_checkpoints(dirpath: str | Path, every: int) -> ModelCheckpoint:
+    """A checkpoint every ``every`` optimizer steps, all kept, named ``step{N}.ckpt``."""
+    return ModelCheckpoint(
+        dirpath,
+        "step{step}",
+        every_n_train_steps=every,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+    )
 
 
 @pytest.fixture

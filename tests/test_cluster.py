@@ -45,6 +45,21 @@ def test_tr_dpo_updates_the_node_snapshot_once_for_every_rank(tmp_path):
     assert sum(rank["shared_pss"] for rank in ranks) <= ranks[0]["snapshot_bytes"] + 2 * PAGE * 8
 
 
+def test_resume_under_ddp_restores_the_node_snapshot(tmp_path):
+    """Checkpoint at step 2, resume a differently initialised policy: the initial reference."""
+    checkpoints = tmp_path / "ckpt"
+    _run("ddp", tmp_path / "first", "--ckpt-dir", str(checkpoints))
+    resume = ["--resume", str(checkpoints / "step2.ckpt"), "--init-seed", "7"]
+    ranks = _run("ddp", tmp_path / "resumed", *resume)
+    initial = _initial_policy()
+    for rank in ranks:
+        assert len(rank["batches"]) == 2  # steps 2 and 3
+        for batch in rank["batches"]:
+            assert torch.equal(batch[rank["key"]], reference_logps(initial, batch))
+    copy_bytes = ranks[0]["snapshot_bytes"]
+    assert copy_bytes <= sum(rank["shared_pss"] for rank in ranks) <= copy_bytes + 2 * PAGE * 8
+
+
 def test_no_segment_is_left_when_a_rank_is_killed(tmp_path):
     before = segments()
     env = {**os.environ, "PYTHONPATH": str(REPO)}

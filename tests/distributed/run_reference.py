@@ -7,7 +7,9 @@ STRATEGY OUT_DIR [--accumulate K] [--cache DIR] [--sync-every N] [--kill-rank-1-
 writes ``OUT_DIR/rank{r}.pt`` with its batches, their reference log-probs, the snapshot's
 fingerprint and bytes (none with a cache), the proportional set size of the node-shared
 snapshot it maps, the number of reference brackets and policy forwards, and its peak RSS.
-``--kill-rank-1-at STEP`` kills rank 1 with SIGKILL at the start of that step.
+``--kill-rank-1-at STEP`` kills rank 1 with SIGKILL at the start of that step;
+``--ckpt-dir D`` checkpoints every 2 steps, ``--resume CKPT --init-seed S`` resumes a
+differently initialised policy from one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import snapshot_fingerprint
 from lightning_dpo.reference.diagnostics import BracketCounter
 from lightning_dpo.reference.node_share import mapped_pss_bytes
-from tests.conftest import make_bare_trainer
+from tests.conftest import make_bare_trainer, step_checkpoints
 
 TINY = {
     "hidden_size": 32,
@@ -76,7 +78,7 @@ class KillAt(pl.Callback):
 def main(args: argparse.Namespace) -> None:
     """Train 4 optimizer steps on 2 CPU processes and save what each rank saw."""
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4)
-    torch.manual_seed(0)
+    torch.manual_seed(args.init_seed)
     policy = build_policy(datamodule.tokenizer, tiny=TINY)
     # Under ModelParallelStrategy, PreferenceModule.configure_model shards with FSDP2.
     module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
@@ -89,6 +91,8 @@ def main(args: argparse.Namespace) -> None:
     callbacks = [forwards, reference, record]
     if args.kill_rank_1_at is not None:
         callbacks.append(KillAt(args.kill_rank_1_at))
+    if args.ckpt_dir is not None:
+        callbacks.append(step_checkpoints(args.ckpt_dir, every=2))
     trainer = make_bare_trainer(
         args.out_dir,
         callbacks,
@@ -98,9 +102,10 @@ def main(args: argparse.Namespace) -> None:
         num_nodes=args.nodes,
         strategy=strategy,
         accumulate_grad_batches=args.accumulate,
+        enable_checkpointing=args.ckpt_dir is not None,
     )
     with BracketCounter() as brackets:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
     weights = reference.weights
     snapshot = weights.snapshot if weights is not None else {}
     trainable = {n: p.detach() for n, p in module.policy.named_parameters() if p.requires_grad}
@@ -132,6 +137,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sync-every", type=int)
     parser.add_argument("--kill-rank-1-at", type=int)
     parser.add_argument("--nodes", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--init-seed", type=int, default=0)
+    parser.add_argument("--ckpt-dir", help="checkpoint every 2 steps here")
+    parser.add_argument("--resume", help="a checkpoint to resume from")
     return parser.parse_args()
 
 

@@ -16,11 +16,11 @@ from functools import partial
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.policy import build_policy
+from tests.conftest import step_checkpoints
 
 TINY = {
     "hidden_size": 32,
@@ -78,14 +78,7 @@ def main() -> None:
     record = Record()
     callbacks = [ReferenceSwapCallback(), record]
     if args.ckpt_dir:
-        every_4 = ModelCheckpoint(
-            args.ckpt_dir,
-            "step{step}",
-            every_n_train_steps=4,
-            save_top_k=-1,
-            auto_insert_metric_name=False,
-        )
-        callbacks.append(every_4)
+        callbacks.append(step_checkpoints(args.ckpt_dir, every=4))
     if args.crash_at is not None:
         callbacks.append(CrashAt(args.crash_at))
     trainer = pl.Trainer(
