@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY
 from lightning_dpo.integrity import stamp_checkpoint, verify_checkpoint
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
+from lightning_dpo.metrics import METRIC_NAMES, metric_values
 from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
     SequenceLogps,
@@ -25,26 +26,6 @@ from lightning_dpo.scoring import (
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
-
-METRIC_NAMES = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "loss/preference",
-    "loss/sft",
-    "objective_rewards/chosen",
-    "objective_rewards/rejected",
-    "objective_rewards/margins",
-)
-"""Logged as ``train/<name>`` (each step) and ``val/<name>`` (mean over the validation set).
-
-``rewards/*`` are TRL's (``beta`` times the summed log-ratio, for every objective);
-``objective_rewards/*`` are what the objective compares where that differs (length-normalised
-for ipo/sigmoid_norm/``average_logps``, f-mapped under an f-divergence), else not logged."""
 
 REWARD_FIELDS = ("chosen_reward", "rejected_reward")
 
@@ -67,8 +48,9 @@ class PreferenceModule(pl.LightningModule):
         response_head: Score through the response-only LM head
             (:mod:`lightning_dpo.scoring.head`: the head's logits only at the response
             tokens, a chunk at a time, recomputed in backward) where it is exact on the
-            policy (probed once, at the first forward; otherwise the reason is logged and
-            the model's own logits are scored). ``False``: always the model's logits.
+            policy (probed once, in ``setup``, or at the first forward outside a Trainer;
+            otherwise the reason is logged and the model's own logits are scored).
+            ``False``: always the model's logits.
     """
 
     def __init__(
@@ -252,23 +234,7 @@ class PreferenceModule(pl.LightningModule):
         self._log_metrics("val", output, logps)
 
     def _log_metrics(self, stage: str, output: LossOutput, logps: PairLogps) -> None:
-        values = {
-            "loss": output.losses,
-            "rewards/chosen": output.chosen_rewards,
-            "rewards/rejected": output.rejected_rewards,
-            "rewards/accuracies": (output.chosen_rewards > output.rejected_rewards).float(),
-            "rewards/margins": output.chosen_rewards - output.rejected_rewards,
-            "logps/chosen": logps.policy_chosen,
-            "logps/rejected": logps.policy_rejected,
-            "loss/preference": output.preference_losses,
-            "loss/sft": output.sft_losses,
-            **{f"loss/{name}": value for name, value in (output.terms or {}).items()},
-            "objective_rewards/chosen": output.objective_chosen_rewards,
-            "objective_rewards/rejected": output.objective_rejected_rewards,
-            "objective_rewards/margins": None
-            if output.objective_chosen_rewards is None
-            else output.objective_chosen_rewards - output.objective_rejected_rewards,
-        }
+        values = metric_values(output, logps)
         for name, value in values.items():
             if value is None:
                 continue

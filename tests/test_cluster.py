@@ -15,26 +15,12 @@ import torch
 
 from lightning_dpo.reference.node_share import PREFIX, SHM_DIR, remove_orphans
 from tests.conftest import reference_logps
-from tests.test_distributed import REPO, SCRIPT, _initial_policy, _run
-
-PAGE = 4096
+from tests.test_distributed import PAGE, REPO, SCRIPT, _initial_policy, _run
 
 
 def segments() -> set[Path]:
     """This package's shared-memory segments now."""
     return set(SHM_DIR.glob(f"{PREFIX}-*"))
-
-
-def test_ddp_ranks_of_a_node_map_one_snapshot(tmp_path):
-    """Two ranks, one node: the snapshot's PSS sums to one copy, half on each rank."""
-    before = segments()
-    ranks = _run("ddp", tmp_path)
-    copy_bytes = ranks[0]["snapshot_bytes"]  # the trainable fp32 weights, once
-    pss = [rank["shared_pss"] for rank in ranks]
-    assert copy_bytes <= sum(pss) <= copy_bytes + 64 * len(ranks[0]["snapshot_shapes"]) + PAGE
-    assert all(value <= 0.5 * copy_bytes + PAGE for value in pss)
-    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
-    assert segments() == before  # unlinked as soon as both ranks mapped it
 
 
 def test_tr_dpo_updates_the_node_snapshot_once_for_every_rank(tmp_path):

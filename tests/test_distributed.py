@@ -17,6 +17,7 @@ from tests.conftest import reference_logps
 from tests.distributed.run_reference import TINY
 
 REPO = Path(__file__).resolve().parents[1]
+PAGE = 4096
 SCRIPT = REPO / "tests" / "distributed" / "run_reference.py"
 
 
@@ -54,9 +55,12 @@ def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
     # The two ranks trained on different batches but hold the same reference.
     assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
     full_bytes = sum(4 * torch.Size(s).numel() for s in ranks[0]["snapshot_shapes"].values())
-    if strategy == "ddp":
+    if strategy == "ddp":  # one snapshot for the node: half its pages on each rank (PSS)
         assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
         assert ranks[0]["snapshot_bytes"] == full_bytes
+        pss = [rank["shared_pss"] for rank in ranks]
+        assert full_bytes <= sum(pss) <= full_bytes + 64 * len(ranks[0]["snapshot_shapes"]) + PAGE
+        assert all(value <= 0.5 * full_bytes + PAGE for value in pss)
     else:  # each rank holds only its shards: half of the weights
         total = ranks[0]["snapshot_bytes"] + ranks[1]["snapshot_bytes"]
         unsharded = sum(p.numel() * 4 for p in initial.parameters())

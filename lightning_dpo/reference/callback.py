@@ -53,27 +53,24 @@ class ReferenceSwapCallback(Callback):
 
     - ``"snapshot"``: in ``on_fit_start``, after the strategy has placed the model, the
       trainable parameters (a shard's local part) are copied to host memory (pinned on
-      CUDA); each reference forward swaps them into the live weights and restores the
-      training weights in a ``finally``. For a peft policy the trainable parameters are
-      the adapter's, so this is a frozen copy of the initial adapter (small).
+      CUDA; once per node under DDP); each reference forward swaps them into the live
+      weights and restores the training weights in a ``finally``. For a peft policy this
+      is a frozen copy of the initial adapter (small).
     - ``"disable_adapters"``: peft policy; the reference is the bare base model, reached
       by disabling the adapters; nothing is copied.
     - ``"auto"``: a peft policy whose adapter is fresh (``lora_B`` all zero) gets
       ``"disable_adapters"``; one that starts from a trained adapter gets
       ``"snapshot"`` (reference = base + that adapter); any other model ``"snapshot"``.
 
-    Gradient accumulation: when the training batches come from a
-    :class:`~lightning_dpo.data.windows.WindowedDataLoader` (``PreferenceDataModule`` uses
-    one when ``accumulate_grad_batches > 1``), the first micro-batch of each optimizer step
-    brings the step's other micro-batches along, and their reference log-probs are all
-    computed inside one swap, one micro-batch forward at a time. Other batches get one
-    swap each.
+    Gradient accumulation: the first micro-batch of a window
+    (:class:`~lightning_dpo.data.windows.PlannedDataLoader`, as ``PreferenceDataModule``
+    serves them) brings its optimizer step's other micro-batches along, and all their
+    reference log-probs are computed inside one swap. Other batches get one swap each.
 
-    Checkpoints: the callback state records the reference chosen and, in snapshot mode,
-    the reference weights and their fingerprint (one extra copy of the *trainable*
-    parameters; nothing for ``"disable_adapters"``). A resumed run takes its reference
-    from there, never from the resumed (trained) weights; a checkpoint without that
-    state, or whose snapshot does not fit the model, is refused.
+    Checkpoints: the state records the reference and, for a snapshot, its weights and
+    fingerprint (one extra copy of the *trainable* parameters). A resumed run takes its
+    reference from there, never from the resumed weights; a checkpoint without that state,
+    or whose snapshot does not fit the model, is refused.
 
     Args:
         mode: Which reference to use, see above.

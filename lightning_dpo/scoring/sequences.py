@@ -151,7 +151,11 @@ def label_logps(
     if response_only:
         with response_head(model, scored.positions, scored.labels, chunk_size, with_wpo) as out:
             model(**inputs, use_cache=False)
-        assert out.logps is not None, "the model never called its output embeddings"
+        if out.logps is None:
+            raise RuntimeError(
+                f"{type(model).__name__} never called its output embeddings: score it with "
+                "response_only=False (module.response_head=false)"
+            )
         return out.logps, out.wpo
     logits = model(**inputs, use_cache=False).logits
     rows = logits.reshape(-1, logits.shape[-1]).index_select(0, scored.positions)
