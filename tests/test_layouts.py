@@ -171,7 +171,7 @@ def test_first_fit_decreasing_packing():
 
 
 def test_response_head_never_builds_the_full_logits():
-    """No tensor of the vocabulary's width holds more rows than a chunk, forward or backward."""
+    """No new tensor of the vocabulary's width holds more rows than a chunk, fwd or bwd."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     vocab, chunk = 1000, 8
@@ -181,6 +181,8 @@ def test_response_head_never_builds_the_full_logits():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if func.is_view:  # the weight's transpose [H, V] is no new memory
+                return out
             for tensor in out if isinstance(out, tuple | list) else [out]:
                 if isinstance(tensor, torch.Tensor) and tensor.dim() and tensor.shape[-1] == vocab:
                     self.rows = max(self.rows, tensor.numel() // vocab)
@@ -196,7 +198,7 @@ def test_response_head_never_builds_the_full_logits():
         out = sequence_logps(model, batch, response_only=True, chunk_size=chunk)
         out.sums.sum().backward()
     assert scored_tokens > 4 * chunk
-    assert spy.rows <= max(chunk, model.config.hidden_size)  # the weight is [V, H]
+    assert spy.rows <= chunk
 
 
 @pytest.mark.parametrize("layout", ["padded", "prefix_shared", "packed"])
