@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,7 +43,6 @@ from lightning_dpo.batch import (
 )
 from lightning_dpo.data.tokenization import TokenizedPair
 
-Layout = Literal["padded", "prefix_shared", "packed"]
 LAYOUTS: tuple[str, ...] = ("auto", "padded", "prefix_shared", "packed")
 """The ``data.layout`` choices; ``auto`` is the fastest exact one the model supports."""
 
@@ -218,8 +216,3 @@ def lay_out(pairs: Sequence[TokenizedPair], pad_token_id: int, layout: str) -> d
 def pair_tokens(pair: TokenizedPair) -> int:
     """Unique tokens of a pair: the prompt once, both responses."""
     return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
-
-
-def computed_positions(batch: dict[str, Tensor]) -> int:
-    """Token positions the forward computes for a laid-out batch (rows x width, padding too)."""
-    return batch[INPUT_IDS_KEY].numel()

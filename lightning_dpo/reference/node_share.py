@@ -91,13 +91,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a tensor of ``shape`` and ``dtype``."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
 def _offsets(specs: Mapping[str, TensorSpec]) -> tuple[dict[str, int], int]:
     """Each tensor's aligned byte offset in the segment, and the segment's size."""
     offsets, position = {}, 0
     for name, (shape, dtype) in specs.items():
         offsets[name] = position
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        position += -(-nbytes // ALIGNMENT) * ALIGNMENT
+        position += -(-_nbytes(shape, dtype) // ALIGNMENT) * ALIGNMENT
     return offsets, max(position, ALIGNMENT)
 
 
@@ -106,9 +110,8 @@ def _views(storage: Any, specs: Mapping[str, TensorSpec], offsets: dict[str, int
     raw = torch.empty(0, dtype=torch.uint8).set_(storage)
     views = {}
     for name, (shape, dtype) in specs.items():
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         start = offsets[name]
-        views[name] = raw[start : start + size].view(dtype).view(shape)
+        views[name] = raw[start : start + _nbytes(shape, dtype)].view(dtype).view(shape)
     return views
 
 
