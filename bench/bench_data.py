@@ -10,7 +10,8 @@ this one run, side by side, and reported as records/s and ratios:
   batches, store the encodings in the cache, truncate, index.
 * ``PreferenceDataModule.setup`` warm: the same with the cache filled (a second run).
 
-The tokenizer is a byte-level BPE (vocabulary 2,000) trained in-process on the data.
+The tokenizer is a byte-level BPE (vocabulary 2,000, ``_text.train_bpe``) trained in-process
+on the data.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from _text import train_bpe
 from transformers import PreTrainedTokenizerFast
 
 from lightning_dpo.data import PreferenceDataModule
@@ -48,17 +49,6 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def train_tokenizer(rows: list[dict[str, str]]) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000, special_tokens=["<|endoftext|>"], show_progress=False
-    )
-    backend.train_from_iterator((r["prompt"] + r["chosen"] for r in rows[:2000]), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
-
-
 def naive_epoch(rows: list[dict[str, str]], tok: PreTrainedTokenizerFast) -> None:
     for r in rows:  # what a __getitem__ that tokenises would do, every epoch
         for key in ("prompt", "chosen", "rejected"):
@@ -79,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         rows = write_pairs(data, args.pairs)
-        tok = train_tokenizer(rows)
+        tok = train_bpe((r["prompt"] + r["chosen"] for r in rows[:2000]), 2000)
         kwargs = {"tokenizer": tok, "train_file": str(data), "max_length": 256}
         kwargs["cache_dir"] = str(Path(tmp) / "cache")
         cold = timed(lambda: PreferenceDataModule(**kwargs).setup())
