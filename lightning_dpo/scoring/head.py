@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_dpo.scoring.label_logps import chunk_label_logps, chunk_logits_grad
+
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """Config fields of models that transform the head's output (Gemma 2, Cohere, Granite)."""
 
@@ -58,9 +60,7 @@ class _HeadLabelLogps(torch.autograd.Function):
         for start in range(0, count, chunk_size):
             end = start + chunk_size
             logits = F.linear(hidden[start:end], weight, bias).float()
-            normalisers[start:end] = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(-1, labels[start:end, None]).squeeze(-1)
-            logps[start:end] = picked - normalisers[start:end]
+            logps[start:end], normalisers[start:end] = chunk_label_logps(logits, labels[start:end])
             if with_wpo:
                 log_probs = logits - normalisers[start:end, None]
                 wpo[start:end] = torch.logsumexp(2 * log_probs, dim=-1)
@@ -84,9 +84,9 @@ class _HeadLabelLogps(torch.autograd.Function):
                 end = start + ctx.chunk_size
                 chunk = hidden[start:end]
                 logits = F.linear(chunk, weight, bias)
-                upstream = grad_logps[start:end, None]
-                grad = torch.exp(logits.float() - normalisers[start:end, None]).mul_(-upstream)
-                grad = grad.scatter_add_(-1, labels[start:end, None], upstream).to(logits.dtype)
+                grad = chunk_logits_grad(
+                    logits, normalisers[start:end], labels[start:end], grad_logps[start:end]
+                ).to(logits.dtype)
                 if grad_hidden is not None:
                     grad_hidden[start:end] = grad @ weight
                 if grad_weight is not None and grad.dtype == chunk.dtype == torch.float32:

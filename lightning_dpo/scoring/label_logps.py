@@ -11,6 +11,34 @@ import torch
 from torch import Tensor
 
 
+def chunk_label_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``logit[label] - logsumexp(logits)`` of a float32 chunk, and its ``logsumexp``.
+
+    Args:
+        logits: ``[C, V]`` float32 logits of a chunk of positions.
+        labels: ``[C]`` the token ids to score.
+    """
+    normalisers = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - normalisers, normalisers
+
+
+def chunk_logits_grad(
+    logits: Tensor, normalisers: Tensor, labels: Tensor, upstream: Tensor
+) -> Tensor:
+    """The float32 gradient ``g * (onehot(label) - softmax)`` of a chunk's label log-probs.
+
+    Args:
+        logits: ``[C, V]`` the chunk's logits (any float dtype).
+        normalisers: ``[C]`` their ``logsumexp`` from the forward.
+        labels: ``[C]`` the scored token ids.
+        upstream: ``[C]`` the gradient of each label log-prob.
+    """
+    upstream = upstream.unsqueeze(-1)
+    grad = torch.exp(logits.float() - normalisers.unsqueeze(-1)).mul_(-upstream)
+    return grad.scatter_add_(-1, labels.unsqueeze(-1), upstream)
+
+
 class _ChunkedLabelLogps(torch.autograd.Function):
     """``logit[label] - logsumexp(logits)`` over position chunks, with a chunked backward.
 
@@ -27,10 +55,8 @@ class _ChunkedLabelLogps(torch.autograd.Function):
         normalisers = torch.empty_like(out)
         for start in range(0, labels.shape[0], chunk_size):
             end = start + chunk_size
-            chunk = logits[start:end].float()
-            normalisers[start:end] = torch.logsumexp(chunk, dim=-1)
-            picked = chunk.gather(-1, labels[start:end].unsqueeze(-1)).squeeze(-1)
-            out[start:end] = picked - normalisers[start:end]
+            scores = chunk_label_logps(logits[start:end].float(), labels[start:end])
+            out[start:end], normalisers[start:end] = scores
         ctx.save_for_backward(logits, labels, normalisers)
         ctx.chunk_size = chunk_size
         return out
@@ -41,11 +67,9 @@ class _ChunkedLabelLogps(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for start in range(0, labels.shape[0], ctx.chunk_size):
             end = start + ctx.chunk_size
-            upstream = grad_out[start:end].unsqueeze(-1)
-            probs = torch.exp(logits[start:end].float() - normalisers[start:end, None])
-            chunk_grad = probs.mul_(-upstream)
-            chunk_grad.scatter_add_(-1, labels[start:end].unsqueeze(-1), upstream)
-            grad[start:end] = chunk_grad
+            grad[start:end] = chunk_logits_grad(
+                logits[start:end], normalisers[start:end], labels[start:end], grad_out[start:end]
+            )
         return grad, None, None
 
 
