@@ -16,14 +16,16 @@ from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY, WINDOW_KEY
 from lightning_dpo.data import collate_pairs
 from lightning_dpo.data.windows import PlannedDataLoader, WindowedDataLoader, WindowSlot
 from lightning_dpo.training import build
-from tests.conftest import (
+from tests.helpers import (
     FAST_OVERRIDES,
     LEAN_OVERRIDES,
+    RecordBatches,
     compose_train_config,
+    dpo_module,
+    make_bare_trainer,
     reference_logps,
     small_datamodule,
 )
-from tests.test_callback import RecordBatches, _module, _trainer
 
 
 class RecordReference(RecordBatches):
@@ -71,9 +73,9 @@ def test_windowed_loader_refuses_what_it_cannot_honour(tokenizer):
 
 def _fit(tmp_path, policy, tokenizer, accumulate, windows, max_steps=4, **callback_kwargs):
     """Fit a copy of ``policy``; return the callback, the recorded batches and the model."""
-    module = _module(copy.deepcopy(policy))
+    module = dpo_module(copy.deepcopy(policy))
     reference, record = ReferenceSwapCallback(**callback_kwargs), RecordReference()
-    trainer = _trainer(
+    trainer = make_bare_trainer(
         tmp_path, [reference, record], max_steps=max_steps, accumulate_grad_batches=accumulate
     )
     datamodule = small_datamodule(tokenizer, reference_windows=windows)
@@ -143,9 +145,9 @@ def test_windows_that_straddle_a_reference_update_are_recomputed(
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
     runs = {}
     for name, window in (("windowed", 2), ("plain", 1)):
-        module = _module(copy.deepcopy(tiny_policy))
+        module = dpo_module(copy.deepcopy(tiny_policy))
         reference, record = ReferenceSwapCallback(sync_every=1), RecordReference()
-        trainer = _trainer(
+        trainer = make_bare_trainer(
             tmp_path / name, [reference, record], max_steps=3, accumulate_grad_batches=3
         )
         loader = WindowedDataLoader(datamodule.train_pairs, 8, window, collate_fn=collate)
@@ -160,14 +162,17 @@ def test_windows_that_straddle_a_reference_update_are_recomputed(
         assert torch.equal(ours[REFERENCE_LOGPS_KEY], theirs[REFERENCE_LOGPS_KEY])
 
 
+@pytest.mark.slow
 def test_windows_cross_worker_processes(brackets, tmp_path, tiny_policy, tokenizer):
     """With a (persistent) worker process the windows are collated there and pickled whole.
 
     8 micro-batches per epoch, 2 per step: 6 steps run into a second epoch of the worker.
     """
-    module = _module(copy.deepcopy(tiny_policy))
+    module = dpo_module(copy.deepcopy(tiny_policy))
     reference, record = ReferenceSwapCallback(), RecordReference()
-    trainer = _trainer(tmp_path, [reference, record], max_steps=6, accumulate_grad_batches=2)
+    trainer = make_bare_trainer(
+        tmp_path, [reference, record], max_steps=6, accumulate_grad_batches=2
+    )
     trainer.fit(module, datamodule=small_datamodule(tokenizer, num_workers=1))
     assert brackets.of(reference) == 6
     assert len(record.batches) == 12
@@ -179,10 +184,10 @@ def test_unwindowed_accumulation_says_how_to_swap_once_per_step(
     brackets, tmp_path, tiny_policy, tokenizer, caplog
 ):
     reference = ReferenceSwapCallback()
-    trainer = _trainer(tmp_path, [reference], max_steps=1, accumulate_grad_batches=2)
+    trainer = make_bare_trainer(tmp_path, [reference], max_steps=1, accumulate_grad_batches=2)
     datamodule = small_datamodule(tokenizer, reference_windows=False)
     with caplog.at_level(logging.INFO):
-        trainer.fit(_module(tiny_policy), datamodule=datamodule)
+        trainer.fit(dpo_module(tiny_policy), datamodule=datamodule)
     assert brackets.of(reference) == 2
     assert caplog.text.count("one reference swap per micro-batch") == 1
 
@@ -233,8 +238,8 @@ def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, to
     """Each window lets go of every micro-batch and log-prob it handed out."""
     grab = GrabSlots()
     reference = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "cache") if cache else None)
-    trainer = _trainer(tmp_path, [grab, reference], max_steps=3, accumulate_grad_batches=3)
-    trainer.fit(_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(tmp_path, [grab, reference], max_steps=3, accumulate_grad_batches=3)
+    trainer.fit(dpo_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
     assert len(grab.slots) == 8
     windows = {id(slot.window): slot.window for slot in grab.slots}.values()
     assert len(windows) == 3
@@ -247,8 +252,10 @@ def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(
     brackets, tmp_path, tiny_policy, tokenizer
 ):
     """Checkpoint after 2 steps of 3 micro-batches, resume 2 more from a scrambled policy."""
-    trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2, accumulate_grad_batches=3)
-    trainer.fit(_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(
+        tmp_path, [ReferenceSwapCallback()], max_steps=2, accumulate_grad_batches=3
+    )
+    trainer.fit(dpo_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
     checkpoint = tmp_path / "resume.ckpt"
     trainer.save_checkpoint(checkpoint)
 
@@ -257,8 +264,10 @@ def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(
         for param in fresh.parameters():
             param.normal_()
     reference, record = ReferenceSwapCallback(), RecordReference()
-    resumed = _trainer(tmp_path, [reference, record], max_steps=4, accumulate_grad_batches=3)
-    resumed.fit(_module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint)
+    resumed = make_bare_trainer(
+        tmp_path, [reference, record], max_steps=4, accumulate_grad_batches=3
+    )
+    resumed.fit(dpo_module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint)
     assert resumed.global_step == 4
     assert brackets.of(reference) == 2
     assert len(record.batches) == 2 + 3  # the rest of epoch 1 (2 micro-batches), one full step

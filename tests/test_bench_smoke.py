@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the benchmarks' smoke runs, some in processes of their own
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -14,40 +14,21 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
-from tests.conftest import make_bare_trainer, reference_logps, small_datamodule
-
-
-class RecordBatches(Callback):
-    """Keeps each training batch (with its reference log-probs) and the step losses."""
-
-    def __init__(self) -> None:
-        self.batches: list[dict[str, torch.Tensor]] = []
-        self.losses: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
-        self.batches.append({k: v.clone() for k, v in batch.items()})
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
-        self.losses.append(float(outputs["loss"]))
-
-
-def _module(policy, objective="dpo", lr=1e-2):
-    return PreferenceModule(
-        policy, PreferenceLoss(objective, beta=0.1), partial(torch.optim.AdamW, lr=lr)
-    )
-
-
-def _trainer(tmp_path, callbacks, max_steps=5, **kwargs):
-    """:func:`~tests.conftest.make_bare_trainer` (for tests that fit several times)."""
-    return make_bare_trainer(tmp_path, callbacks, max_steps, **kwargs)
+from tests.helpers import (
+    RecordBatches,
+    dpo_module,
+    make_bare_trainer,
+    reference_logps,
+    small_datamodule,
+)
 
 
 def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy, tokenizer):
     initial = copy.deepcopy(tiny_policy)
     recorder = RecordBatches()
     reference_callback = ReferenceSwapCallback()
-    _trainer(tmp_path, [reference_callback, recorder], max_steps=6).fit(
-        _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [reference_callback, recorder], max_steps=6).fit(
+        dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer)
     )
     assert isinstance(reference_callback.weights, HostSnapshotReference)
     first, last = recorder.batches[0], recorder.batches[-1]
@@ -60,14 +41,14 @@ def test_full_mode_reference_is_bitwise_the_initial_model(tmp_path, tiny_policy,
 def test_dpo_loss_at_step_zero_is_ln2(tmp_path, tiny_policy, tokenizer):
     """Before any update policy == reference, so delta = 0 and -logsigmoid(0) = ln 2."""
     recorder = RecordBatches()
-    _trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=1).fit(
-        _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=1).fit(
+        dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer)
     )
     assert recorder.losses[0] == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_step_zero_rewards_are_zero(tiny_policy, tokenizer, batch):
-    module = _module(tiny_policy)
+    module = dpo_module(tiny_policy)
     batch[REFERENCE_LOGPS_KEY] = reference_logps(copy.deepcopy(tiny_policy), batch)
     module.policy.train()
     output, _ = module.compute_loss(batch)
@@ -80,8 +61,8 @@ def test_lora_mode_uses_the_base_model_and_no_snapshot(tmp_path, lora_policy, to
     base = copy.deepcopy(lora_policy.get_base_model())
     recorder = RecordBatches()
     reference_callback = ReferenceSwapCallback()
-    _trainer(tmp_path, [reference_callback, recorder], max_steps=4).fit(
-        _module(lora_policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [reference_callback, recorder], max_steps=4).fit(
+        dpo_module(lora_policy), datamodule=small_datamodule(tokenizer)
     )
     assert isinstance(reference_callback.weights, AdapterDisabledReference)
     assert "reference_snapshot" not in reference_callback.state_dict()
@@ -116,13 +97,13 @@ def test_exception_in_reference_forward_restores_policy_and_checkpoint(
     failer = FailInReference(step=3)
     reference_callback = ReferenceSwapCallback()
     # The failer runs first so that it arms the failure before the reference forward.
-    trainer = _trainer(
+    trainer = make_bare_trainer(
         tmp_path,
         [failer, reference_callback, OnExceptionCheckpoint(tmp_path)],
         max_steps=6,
         enable_checkpointing=True,
     )
-    module = _module(tiny_policy)
+    module = dpo_module(tiny_policy)
     with pytest.raises(RuntimeError, match="injected"):
         trainer.fit(module, datamodule=small_datamodule(tokenizer))
     assert not reference_callback.weights.in_flight
@@ -139,8 +120,8 @@ def test_exception_in_reference_forward_restores_policy_and_checkpoint(
 
 def test_resume_uses_the_initial_reference(tmp_path, tiny_policy, tokenizer):
     initial = copy.deepcopy(tiny_policy)
-    trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=4)
-    trainer.fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(tmp_path, [ReferenceSwapCallback()], max_steps=4)
+    trainer.fit(dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer))
     checkpoint = tmp_path / "resume.ckpt"
     trainer.save_checkpoint(checkpoint)
 
@@ -150,8 +131,8 @@ def test_resume_uses_the_initial_reference(tmp_path, tiny_policy, tokenizer):
         for param in fresh.parameters():
             param.normal_()
     recorder = RecordBatches()
-    _trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=6).fit(
-        _module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint
+    make_bare_trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=6).fit(
+        dpo_module(fresh), datamodule=small_datamodule(tokenizer), ckpt_path=checkpoint
     )
     assert len(recorder.batches) == 2
     for batch in recorder.batches:
@@ -159,16 +140,16 @@ def test_resume_uses_the_initial_reference(tmp_path, tiny_policy, tokenizer):
 
 
 def test_resume_without_reference_state_fails_loudly(tmp_path, tiny_policy, tokenizer):
-    trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2)
-    trainer.fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2)
+    trainer.fit(dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer))
     checkpoint = tmp_path / "resume.ckpt"
     trainer.save_checkpoint(checkpoint)
     state = torch.load(checkpoint, weights_only=False)
     state["callbacks"] = {}
     torch.save(state, checkpoint)
     with pytest.raises(RuntimeError, match="holds no"):
-        _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=4).fit(
-            _module(copy.deepcopy(tiny_policy)),
+        make_bare_trainer(tmp_path, [ReferenceSwapCallback()], max_steps=4).fit(
+            dpo_module(copy.deepcopy(tiny_policy)),
             datamodule=small_datamodule(tokenizer),
             ckpt_path=checkpoint,
         )
@@ -176,8 +157,8 @@ def test_resume_without_reference_state_fails_loudly(tmp_path, tiny_policy, toke
 
 def test_module_without_reference_callback_says_what_is_missing(tmp_path, tiny_policy, tokenizer):
     with pytest.raises(RuntimeError, match="ReferenceSwapCallback"):
-        _trainer(tmp_path, [], max_steps=1).fit(
-            _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+        make_bare_trainer(tmp_path, [], max_steps=1).fit(
+            dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer)
         )
 
 
@@ -186,7 +167,7 @@ def test_callback_refuses_a_module_without_policy(tmp_path):
         pass
 
     with pytest.raises(TypeError, match="policy"):
-        ReferenceSwapCallback().setup(_trainer(tmp_path, []), Bare(), "fit")
+        ReferenceSwapCallback().setup(make_bare_trainer(tmp_path, []), Bare(), "fit")
 
 
 def test_unknown_mode_lists_the_valid_ones():
@@ -201,7 +182,7 @@ def test_reference_free_loss_runs_no_reference_forward(tmp_path, tiny_policy, to
         PreferenceLoss("dpo", beta=0.1, reference_free=True),
         partial(torch.optim.AdamW, lr=1e-2),
     )
-    _trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=2).fit(
+    make_bare_trainer(tmp_path, [ReferenceSwapCallback(), recorder], max_steps=2).fit(
         module, datamodule=small_datamodule(tokenizer)
     )
     assert all(REFERENCE_LOGPS_KEY not in batch for batch in recorder.batches)

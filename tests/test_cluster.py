@@ -9,23 +9,27 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import torch
 
 from lightning_dpo.reference.node_share import PREFIX, SHM_DIR, remove_orphans
-from tests.conftest import reference_logps
-from tests.test_distributed import PAGE, REPO, SCRIPT, _initial_policy, _run
+from tests.helpers import (
+    DISTRIBUTED_SCRIPT,
+    PAGE,
+    REPO,
+    initial_policy,
+    reference_logps,
+    run_two_ranks,
+    script_env,
+)
 
-
-def segments() -> set[Path]:
-    """This package's shared-memory segments now."""
-    return set(SHM_DIR.glob(f"{PREFIX}-*"))
+pytestmark = pytest.mark.slow  # every test starts processes (ranks, nodes, a launcher)
 
 
 def test_tr_dpo_updates_the_node_snapshot_once_for_every_rank(tmp_path):
     """A hard TR-DPO copy after every step: the shared snapshot is the final policy."""
-    ranks = _run("ddp", tmp_path, "--sync-every", "1")
+    ranks = run_two_ranks("ddp", tmp_path, "--sync-every", "1")
     for rank in ranks:
         assert rank["fingerprint"] == rank["policy_fingerprint"]
     assert sum(rank["shared_pss"] for rank in ranks) <= ranks[0]["snapshot_bytes"] + 2 * PAGE * 8
@@ -34,10 +38,10 @@ def test_tr_dpo_updates_the_node_snapshot_once_for_every_rank(tmp_path):
 def test_resume_under_ddp_restores_the_node_snapshot(tmp_path):
     """Checkpoint at step 2, resume a differently initialised policy: the initial reference."""
     checkpoints = tmp_path / "ckpt"
-    _run("ddp", tmp_path / "first", "--ckpt-dir", str(checkpoints))
+    run_two_ranks("ddp", tmp_path / "first", "--ckpt-dir", str(checkpoints))
     resume = ["--resume", str(checkpoints / "step2.ckpt"), "--init-seed", "7"]
-    ranks = _run("ddp", tmp_path / "resumed", *resume)
-    initial = _initial_policy()
+    ranks = run_two_ranks("ddp", tmp_path / "resumed", *resume)
+    initial = initial_policy()
     for rank in ranks:
         assert len(rank["batches"]) == 2  # steps 2 and 3
         for batch in rank["batches"]:
@@ -47,12 +51,18 @@ def test_resume_under_ddp_restores_the_node_snapshot(tmp_path):
 
 
 def test_no_segment_is_left_when_a_rank_is_killed(tmp_path):
-    before = segments()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, str(SCRIPT), "ddp", str(tmp_path), "--kill-rank-1-at", "2"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=300)
-    assert result.returncode != 0  # the job died with its rank
-    assert segments() == before
+    """Rank 1 SIGKILLed mid-run: the segment its node's rank 0 created is gone.
+
+    Rank 0 is the process started here, and segment names carry their creator's pid: the
+    check holds while other jobs (other pytest-xdist workers) make segments of their own.
+    """
+    command = [sys.executable, str(DISTRIBUTED_SCRIPT), "ddp", str(tmp_path)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    rank0 = subprocess.Popen(
+        [*command, "--kill-rank-1-at", "2"], cwd=REPO, env=script_env(), **quiet
+    )
+    assert rank0.wait(timeout=300) != 0  # the job died with its rank
+    assert not list(SHM_DIR.glob(f"{PREFIX}-*-pid{rank0.pid}"))
 
 
 def test_orphans_of_dead_creators_are_removed(tmp_path):
@@ -76,13 +86,8 @@ def free_port() -> int:
 
 def test_two_nodes_on_one_machine_share_one_reference(tmp_path):
     """``num_nodes=2`` with one process per node, on localhost: the reference on every rank."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }
-    command = [sys.executable, str(SCRIPT), "ddp", str(tmp_path), "--nodes", "2"]
+    env = script_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    command = [sys.executable, str(DISTRIBUTED_SCRIPT), "ddp", str(tmp_path), "--nodes", "2"]
     nodes = [
         subprocess.Popen(
             command, cwd=REPO, env={**env, "NODE_RANK": str(node)}, stderr=subprocess.PIPE
@@ -94,7 +99,7 @@ def test_two_nodes_on_one_machine_share_one_reference(tmp_path):
         assert node.returncode == 0, stderr.decode()[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [rank["node_rank"] for rank in ranks] == [0, 1]
-    initial = _initial_policy()
+    initial = initial_policy()
     for rank in ranks:
         assert rank["shared_pss"] == 0  # one process per node: its own copy is the node's
         assert rank["snapshot_bytes"] == ranks[0]["snapshot_bytes"] > 0

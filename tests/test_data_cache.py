@@ -136,6 +136,7 @@ def fingerprint_in_subprocess(path: Path, max_length: int = 64) -> list[str]:
     return done.stdout.splitlines()[-1].split()  # after the data report
 
 
+@pytest.mark.slow
 def test_fingerprint_is_stable_across_processes_and_changes_with_content(tmp_path: Path) -> None:
     data = write_rows(tmp_path / "d.jsonl", 30)
     dm = PreferenceDataModule(train_file=str(data))

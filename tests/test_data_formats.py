@@ -15,11 +15,8 @@ from datasets import Dataset, DatasetDict
 from lightning_dpo.data import DataValidationError, PreferenceDataModule, build_char_tokenizer
 from lightning_dpo.data.formats import FormatOptions
 from lightning_dpo.data.loading import RewardDefaults, load_records
+from tests.helpers import CHAT_TEMPLATE
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }};{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
 HH = "\n\nHuman: sort 3 1 2\n\nAssistant:"
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
-from tests.test_data_formats import CHAT_TEMPLATE
+from tests.helpers import CHAT_TEMPLATE, CONF_DIR, FAST_OVERRIDES, compose_train_config
 
 
 def rows(fmt: str) -> list[dict[str, object]]:
@@ -53,6 +52,7 @@ def test_train_on_each_format(tmp_path: Path, fmt: str) -> None:
     assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
 
 
+@pytest.mark.slow
 def test_train_py_command_line_with_data_path(tmp_path: Path) -> None:
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows("implicit")))

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
-from lightning_dpo.policy import build_policy
+from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.reference.cache_store import compute_pair_logps
-from tests.conftest import reference_logps
-from tests.distributed.run_reference import TINY
+from tests.helpers import PAGE, initial_policy, reference_logps, run_two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
-PAGE = 4096
-SCRIPT = REPO / "tests" / "distributed" / "run_reference.py"
-
-
-def _run(strategy: str, out_dir: Path, *options: str) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), strategy, str(out_dir), *options],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-
-
-def _initial_policy() -> torch.nn.Module:
-    """The policy every rank started from (the scripts seed 0 before building it)."""
-    torch.manual_seed(0)
-    return build_policy(build_char_tokenizer(), tiny=TINY)
+pytestmark = pytest.mark.slow  # every test runs two ranks in processes of their own
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_every_rank_gets_the_single_process_reference(tmp_path, strategy):
-    ranks = _run(strategy, tmp_path)
-    initial = _initial_policy()
+    ranks = run_two_ranks(strategy, tmp_path)
+    initial = initial_policy()
     for rank in ranks:
         assert len(rank["batches"]) == 4
         assert rank["brackets"] == 4
@@ -76,8 +46,8 @@ def test_accumulation_swaps_once_per_optimizer_step_on_every_rank(tmp_path, stra
     bracket per optimizer step (FSDP2's forwards gather shards: the ranks' bracket
     sequences must match), and every micro-batch gets the reference.
     """
-    ranks = _run(strategy, tmp_path, "--accumulate", "3")
-    initial = _initial_policy()
+    ranks = run_two_ranks(strategy, tmp_path, "--accumulate", "3")
+    initial = initial_policy()
     for rank in ranks:
         # 32 pairs per rank in batches of 4: 8 micro-batches per epoch, stepped 3 + 3 + 2;
         # the 4th step takes 3 micro-batches of the second epoch.
@@ -97,12 +67,12 @@ def test_reference_cache_computed_by_two_ranks_is_the_single_process_one(tmp_pat
     It then loads under any number of processes (the key knows no world size).
     """
     cache = tmp_path / "cache"
-    ranks = _run(strategy, tmp_path / "first", "--cache", str(cache))
+    ranks = run_two_ranks(strategy, tmp_path / "first", "--cache", str(cache))
     tables = sorted(cache.glob("*.pt"))
     assert len(tables) == 2  # train and val, written once
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4, layout="packed")
     datamodule.setup()
-    initial = _initial_policy()
+    initial = initial_policy()
     written = {path.name: torch.load(path) for path in tables}
     for split in ("train", "val"):
         single = compute_pair_logps(
@@ -116,7 +86,7 @@ def test_reference_cache_computed_by_two_ranks_is_the_single_process_one(tmp_pat
             assert torch.equal(batch[rank["key"]], expected)
     # 64 + 16 pairs in batches of 4: 20 batches, 10 per rank, then 4 policy forwards.
     assert [rank["forwards"] for rank in ranks] == [10 + 4, 10 + 4]
-    again = _run(strategy, tmp_path / "second", "--cache", str(cache))
+    again = run_two_ranks(strategy, tmp_path / "second", "--cache", str(cache))
     assert sorted(cache.glob("*.pt")) == tables
     assert [rank["forwards"] for rank in again] == [4, 4]  # loaded: no reference forward
 

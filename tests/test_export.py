@@ -15,7 +15,7 @@ from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallbac
 from lightning_dpo.callbacks.export import BASE_MODEL_SUBDIR, HFExportCallback
 from lightning_dpo.reference import HostSnapshotReference, reference_context
 from lightning_dpo.scoring import sequence_logps
-from tests.conftest import make_bare_trainer, small_datamodule
+from tests.helpers import make_bare_trainer, small_datamodule
 
 
 def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):

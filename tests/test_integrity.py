@@ -15,7 +15,7 @@ from lightning_dpo.integrity import (
     verify_checkpoint,
 )
 from lightning_dpo.training import train
-from tests.conftest import FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
+from tests.helpers import FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 
 def test_named_tensors_walks_nested_containers():

@@ -18,30 +18,7 @@ from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.layouts import pack_rows
 from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.scoring import sequence_logps
-from tests.conftest import TINY_CONFIGS
-
-VOCAB = 97
-
-
-def build_model(architecture: str, attention: str = "sdpa", **overrides) -> torch.nn.Module:
-    """A tiny random ``architecture`` model in eval mode (dropout off: exact comparisons)."""
-    config_name, fields = TINY_CONFIGS[architecture]
-    config = getattr(transformers, config_name)(vocab_size=VOCAB, **{**fields, **overrides})
-    config._attn_implementation = attention
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
-
-
-def random_pairs(count: int = 5, seed: int = 0) -> list[TokenizedPair]:
-    """Pairs of random tokens with ragged prompts and responses (1 to 9 response tokens)."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def tokens(low: int, high: int) -> tuple[int, ...]:
-        length = int(torch.randint(low, high, (1,), generator=generator))
-        return tuple(torch.randint(3, VOCAB, (length,), generator=generator).tolist())
-
-    return [TokenizedPair(tokens(2, 12), tokens(1, 10), tokens(1, 10)) for _ in range(count)]
-
+from tests.helpers import TINY_CONFIGS, VOCAB, build_model, random_pairs, small_datamodule
 
 MODELS = {
     "llama": {},
@@ -206,7 +183,6 @@ def test_step_zero_dpo_loss_is_ln2(bare_trainer, tiny_policy, tokenizer, layout)
     from functools import partial
 
     from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-    from tests.conftest import small_datamodule
 
     module = PreferenceModule(tiny_policy, PreferenceLoss("dpo"), partial(torch.optim.SGD, lr=0.0))
     trainer = bare_trainer([ReferenceSwapCallback()], max_steps=1)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_dpo.training import train
-from tests.conftest import FAST_OVERRIDES, compose_train_config
+from tests.helpers import FAST_OVERRIDES, compose_train_config
 
 
 def test_tensorboard_logger_gets_scalars_and_sample_text(tmp_path):
@@ -21,6 +22,7 @@ def test_tensorboard_logger_gets_scalars_and_sample_text(tmp_path):
     assert (tmp_path / "csv" / "metrics.csv").is_file()  # the CSV log stays beside it
 
 
+@pytest.mark.slow
 def test_wandb_logger_runs_offline_one_run_per_job(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -24,37 +24,9 @@ from lightning_dpo.losses import (
     rpo_sq_loss,
     sft_loss,
 )
+from tests.helpers import LN2, LN3, close, make_logps, t
 
-LN2, LN3 = math.log(2.0), math.log(3.0)
-RTOL = 1e-6
 RPO_FNS = {"rpo_sq": rpo_sq_loss, "rpo_fwd_kl": rpo_fwd_kl_loss, "rpo_bwd_kl": rpo_bwd_kl_loss}
-
-
-def t(*values: float, dtype: torch.dtype = torch.float32, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, requires_grad=grad)
-
-
-def make_logps(
-    pc: list[float],
-    pr: list[float],
-    rc: list[float] | None = None,
-    rr: list[float] | None = None,
-    nc: list[int] | None = None,
-    nr: list[int] | None = None,
-    dtype: torch.dtype = torch.float32,
-    grad: bool = False,
-) -> PairLogps:
-    """Build PairLogps; references default to 0, token counts to 1 (long)."""
-    zeros = [0.0] * len(pc)
-    ones = [1] * len(pc)
-    return PairLogps(
-        policy_chosen=t(*pc, dtype=dtype, grad=grad),
-        policy_rejected=t(*pr, dtype=dtype, grad=grad),
-        reference_chosen=t(*(rc if rc is not None else zeros), dtype=dtype),
-        reference_rejected=t(*(rr if rr is not None else zeros), dtype=dtype),
-        chosen_tokens=torch.tensor(nc if nc is not None else ones, dtype=torch.long),
-        rejected_tokens=torch.tensor(nr if nr is not None else ones, dtype=torch.long),
-    )
 
 
 def logps_with_logit(x: float, beta: float, grad: bool = False) -> PairLogps:
@@ -71,12 +43,6 @@ def run_objective(name: str, logps: PairLogps, beta: float, g: float = 0.0) -> L
         rejected = torch.zeros(batch, dtype=torch.float32)
         return OBJECTIVES[name].function(logps, chosen, rejected, beta, 1.0)
     return OBJECTIVES[name].function(logps, beta=beta)
-
-
-def close(actual: torch.Tensor, expected: list[float], atol: float = 0.0) -> None:
-    torch.testing.assert_close(
-        actual.double(), torch.tensor(expected, dtype=torch.float64), rtol=RTOL, atol=atol
-    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from lightning_dpo.losses import (
     f_divergence_map,
     sft_loss,
 )
-from tests.test_losses import LN2, close, make_logps, t
+from tests.helpers import LN2, close, make_logps, t
 
 E30 = math.exp(30.0)
 F_OPTIONS = [

@@ -31,7 +31,7 @@ from lightning_dpo.losses import (
     sppo_hard_loss,
     token_average,
 )
-from tests.test_losses import LN2, LN3, close, make_logps
+from tests.helpers import LN2, LN3, close, make_logps
 
 
 def ratios(rho_c: list[float], rho_r: list[float], grad: bool = False) -> PairLogps:

@@ -30,7 +30,7 @@ from lightning_dpo.losses import (
     wpo_weights,
 )
 from lightning_dpo.scoring import ld_token_weights, scored_tokens, sequence_logps
-from tests.test_losses import LN2, LN3, close, make_logps, t
+from tests.helpers import LN2, LN3, close, make_logps, t
 
 
 def test_reference_free_compares_against_zero() -> None:

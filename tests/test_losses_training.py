@@ -7,11 +7,11 @@ reference forward as well as the policy's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from functools import partial
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -24,15 +24,16 @@ from lightning_dpo import (
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.losses import OBJECTIVES
 from lightning_dpo.training import train
-from tests.conftest import (
+from tests.helpers import (
     CONF_DIR,
     FAST_OVERRIDES,
     LEAN_OVERRIDES,
+    REPO,
     compose_train_config,
     make_bare_trainer,
+    script_env,
 )
 
-REPO = CONF_DIR.parent
 LOSS_NAMES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 
 
@@ -41,6 +42,7 @@ def test_every_objective_has_a_config() -> None:
     assert set(LOSS_NAMES) == set(OBJECTIVES) | {"rpo", "mix"}
 
 
+@pytest.mark.slow
 def test_multirun_over_every_loss_name(tmp_path) -> None:
     """`python train.py -m loss=<every name> ++trainer.fast_dev_run=true` runs every job."""
     sweep_dir = tmp_path / "sweep"
@@ -54,7 +56,7 @@ def test_multirun_over_every_loss_name(tmp_path) -> None:
         *FAST_OVERRIDES,
         *LEAN_OVERRIDES,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = script_env()
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]

@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.callbacks.plots import PANEL_METRICS, TrainingPlotCallback, plot_training_curves
-from tests.conftest import make_bare_trainer, small_datamodule
+from tests.helpers import make_bare_trainer, small_datamodule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

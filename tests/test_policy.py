@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo.policy import build_policy
 from lightning_dpo.training import build
-from tests.conftest import (
+from tests.helpers import (
     FAST_OVERRIDES,
     LEAN_OVERRIDES,
     compose_train_config,

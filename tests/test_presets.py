@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from lightning_dpo.callbacks.progress import StepBoundedRichProgressBar
 from lightning_dpo.reference.strategies import check_supported_strategy
 from lightning_dpo.training import build, train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
+from tests.helpers import CONF_DIR, FAST_OVERRIDES, compose_train_config
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 

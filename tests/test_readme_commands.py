@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
+from tests.helpers import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 README = (CONF_DIR.parent / "README.md").read_text()
 FLAGS = {"-m", "--multirun"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 
@@ -14,14 +13,17 @@ from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference.cache_store import ReferenceLogpsCache, compute_pair_logps
 from lightning_dpo.reference.sources import CachedSource
-from tests.conftest import (
+from tests.helpers import (
     CONF_DIR,
     FAST_OVERRIDES,
     LEAN_OVERRIDES,
+    RecordBatches,
+    dpo_module,
+    make_bare_trainer,
     reference_logps,
+    script_env,
     small_datamodule,
 )
-from tests.test_callback import RecordBatches, _module, _trainer
 
 
 class CacheSpy:
@@ -57,12 +59,12 @@ def cache_spy(monkeypatch):
 def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
     reference = ReferenceSwapCallback(logps_cache_dir=str(cache_dir))
     recorder = RecordBatches()
-    module, datamodule = _module(policy), small_datamodule(tokenizer, **data)
+    module, datamodule = dpo_module(policy), small_datamodule(tokenizer, **data)
     datamodule.connect(policy=policy)  # as train.py: the layout and head probes run here,
     assert module.response_only  # before the forwards are counted
     forwards = {"n": 0}
     handle = policy.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
-    trainer = _trainer(tmp_path, [reference, recorder], max_steps=max_steps)
+    trainer = make_bare_trainer(tmp_path, [reference, recorder], max_steps=max_steps)
     trainer.fit(module, datamodule=datamodule)
     handle.remove()
     return reference, recorder, forwards["n"]
@@ -117,14 +119,14 @@ def test_any_key_change_invalidates(tmp_path, tiny_policy, tokenizer, change, ca
 def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, tokenizer, cache_spy):
     initial = copy.deepcopy(tiny_policy)
     callback = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
-    trainer = _trainer(tmp_path, [callback], max_steps=3)
-    trainer.fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(tmp_path, [callback], max_steps=3)
+    trainer.fit(dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer))
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     recorder = RecordBatches()
     cache_spy.counts()
     resumed = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
-    _trainer(tmp_path, [resumed, recorder], max_steps=5).fit(
-        _module(copy.deepcopy(tiny_policy)),
+    make_bare_trainer(tmp_path, [resumed, recorder], max_steps=5).fit(
+        dpo_module(copy.deepcopy(tiny_policy)),
         datamodule=small_datamodule(tokenizer),
         ckpt_path=tmp_path / "a.ckpt",
     )
@@ -134,10 +136,10 @@ def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, toke
     for path in (tmp_path / "c").glob("*.pt"):
         path.unlink()
     with pytest.raises(RuntimeError, match=r"cache .* is missing"):
-        _trainer(
+        make_bare_trainer(
             tmp_path, [ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))], max_steps=5
         ).fit(
-            _module(copy.deepcopy(tiny_policy)),
+            dpo_module(copy.deepcopy(tiny_policy)),
             datamodule=small_datamodule(tokenizer),
             ckpt_path=tmp_path / "a.ckpt",
         )
@@ -148,6 +150,7 @@ def test_cache_and_tr_dpo_exclude_each_other():
         ReferenceSwapCallback(logps_cache_dir="x", sync_every=2)
 
 
+@pytest.mark.slow
 def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
     sweep_dir, cache_dir = tmp_path / "sweep", tmp_path / "cache"
     command = [
@@ -163,7 +166,7 @@ def test_sweep_over_losses_and_betas_computes_the_cache_once(tmp_path):
         "trainer.max_steps=2",
     ]
     repo = CONF_DIR.parent
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = script_env()
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [(sweep_dir / str(job) / "train.log").read_text() for job in range(4)]

@@ -15,21 +15,20 @@ from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.policy import build_policy, has_trained_adapter
 from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
 from lightning_dpo.reference.strategies import check_supported_strategy
-from tests.conftest import reference_logps, small_datamodule
-from tests.test_callback import RecordBatches, _module, _trainer
-
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
+from tests.helpers import (
+    TINY_POLICY,
+    RecordBatches,
+    dpo_module,
+    make_bare_trainer,
+    reference_logps,
+    small_datamodule,
+)
 
 
 def _saved_trained_adapter(tokenizer, tmp_path):
     """A LoRA adapter with non-zero weights saved to disk, on a seed-0 tiny base."""
     torch.manual_seed(0)
-    policy = build_policy(tokenizer, tiny=TINY, lora={"r": 4, "lora_alpha": 8})
+    policy = build_policy(tokenizer, tiny=TINY_POLICY, lora={"r": 4, "lora_alpha": 8})
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
@@ -41,15 +40,15 @@ def _saved_trained_adapter(tokenizer, tmp_path):
 def test_lora_from_existing_adapter_reference_is_base_plus_that_adapter(tmp_path, tokenizer):
     adapter_dir = _saved_trained_adapter(tokenizer, tmp_path)
     torch.manual_seed(0)
-    policy = build_policy(tokenizer, tiny=TINY, adapter=str(adapter_dir))
+    policy = build_policy(tokenizer, tiny=TINY_POLICY, adapter=str(adapter_dir))
     assert has_trained_adapter(policy)
     initial = copy.deepcopy(policy)
     torch.manual_seed(0)
-    bare_base = build_policy(tokenizer, tiny=TINY)
+    bare_base = build_policy(tokenizer, tiny=TINY_POLICY)
 
     recorder, callback = RecordBatches(), ReferenceSwapCallback()
-    _trainer(tmp_path, [callback, recorder], max_steps=4).fit(
-        _module(policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [callback, recorder], max_steps=4).fit(
+        dpo_module(policy), datamodule=small_datamodule(tokenizer)
     )
     assert isinstance(callback.weights, HostSnapshotReference)
     assert all("lora_" in name for name in callback.weights.snapshot)  # adapter only: small
@@ -63,12 +62,12 @@ def test_lora_from_existing_adapter_reference_is_base_plus_that_adapter(tmp_path
 def test_bare_base_can_be_chosen_explicitly_for_an_existing_adapter(tmp_path, tokenizer):
     adapter_dir = _saved_trained_adapter(tokenizer, tmp_path)
     torch.manual_seed(0)
-    policy = build_policy(tokenizer, tiny=TINY, adapter=str(adapter_dir))
+    policy = build_policy(tokenizer, tiny=TINY_POLICY, adapter=str(adapter_dir))
     torch.manual_seed(0)
-    bare_base = build_policy(tokenizer, tiny=TINY)
+    bare_base = build_policy(tokenizer, tiny=TINY_POLICY)
     recorder, callback = RecordBatches(), ReferenceSwapCallback(mode="disable_adapters")
-    _trainer(tmp_path, [callback, recorder], max_steps=2).fit(
-        _module(policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [callback, recorder], max_steps=2).fit(
+        dpo_module(policy), datamodule=small_datamodule(tokenizer)
     )
     assert isinstance(callback.weights, AdapterDisabledReference)
     batch = recorder.batches[-1]
@@ -83,12 +82,12 @@ def test_lora_and_adapter_together_are_refused(tokenizer, tmp_path):
 @pytest.mark.parametrize("swap_mode", ["copy", "exchange"])
 def test_both_swap_modes_give_bitwise_the_same_reference(tmp_path, tokenizer, swap_mode):
     torch.manual_seed(0)
-    policy = build_policy(tokenizer, tiny=TINY)
+    policy = build_policy(tokenizer, tiny=TINY_POLICY)
     initial = copy.deepcopy(policy)
     recorder = RecordBatches()
-    _trainer(tmp_path, [ReferenceSwapCallback(swap_mode=swap_mode), recorder], max_steps=4).fit(
-        _module(policy), datamodule=small_datamodule(tokenizer)
-    )
+    make_bare_trainer(
+        tmp_path, [ReferenceSwapCallback(swap_mode=swap_mode), recorder], max_steps=4
+    ).fit(dpo_module(policy), datamodule=small_datamodule(tokenizer))
     for batch in recorder.batches:
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
 
@@ -111,8 +110,11 @@ def test_bf16_snapshot_halves_host_memory_and_stays_close(tiny_policy, batch):
 
 def test_checkpoint_state_is_refused_when_it_does_not_fit_the_model(tmp_path, tokenizer):
     torch.manual_seed(0)
-    trainer = _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2)
-    trainer.fit(_module(build_policy(tokenizer, tiny=TINY)), datamodule=small_datamodule(tokenizer))
+    trainer = make_bare_trainer(tmp_path, [ReferenceSwapCallback()], max_steps=2)
+    trainer.fit(
+        dpo_module(build_policy(tokenizer, tiny=TINY_POLICY)),
+        datamodule=small_datamodule(tokenizer),
+    )
     checkpoint = tmp_path / "small.ckpt"
     trainer.save_checkpoint(checkpoint)
     state = torch.load(checkpoint, weights_only=False)
@@ -123,8 +125,8 @@ def test_checkpoint_state_is_refused_when_it_does_not_fit_the_model(tmp_path, to
     tensor.view(-1)[0] += 1.0
     torch.save(corrupt, tmp_path / "corrupt.ckpt")
     with pytest.raises(RuntimeError, match="fingerprint"):
-        _trainer(tmp_path, [ReferenceSwapCallback()], max_steps=3).fit(
-            _module(build_policy(tokenizer, tiny=TINY)),
+        make_bare_trainer(tmp_path, [ReferenceSwapCallback()], max_steps=3).fit(
+            dpo_module(build_policy(tokenizer, tiny=TINY_POLICY)),
             datamodule=small_datamodule(tokenizer),
             ckpt_path=tmp_path / "corrupt.ckpt",
         )
@@ -138,9 +140,9 @@ def test_unsupported_strategy_is_refused_by_name():
 def test_bf16_mixed_step_zero_dpo_loss_is_ln2(tmp_path, tiny_policy, tokenizer):
     """The reference forward runs in the precision plugin's autocast, like the policy's."""
     recorder = RecordBatches()
-    _trainer(
+    make_bare_trainer(
         tmp_path, [ReferenceSwapCallback(), recorder], max_steps=2, precision="bf16-mixed"
-    ).fit(_module(tiny_policy), datamodule=small_datamodule(tokenizer))
+    ).fit(dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer))
     assert recorder.losses[0] == pytest.approx(math.log(2), abs=1e-6)
     assert math.isfinite(recorder.losses[1])
 
@@ -157,7 +159,7 @@ def test_non_finite_loss_stops_with_step_and_last_finite_values(tmp_path, tiny_p
     )
     callbacks = [ReferenceSwapCallback(), PoisonAtStep()]
     with pytest.raises(FloatingPointError) as error:
-        _trainer(tmp_path, callbacks, max_steps=6).fit(
+        make_bare_trainer(tmp_path, callbacks, max_steps=6).fit(
             module, datamodule=small_datamodule(tokenizer)
         )
     message = str(error.value)

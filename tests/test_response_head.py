@@ -19,7 +19,7 @@ from lightning_dpo.scoring import (
     sequence_logps,
 )
 from lightning_dpo.scoring import masks as mask_module
-from tests.test_layouts import VOCAB, build_model, random_pairs
+from tests.helpers import VOCAB, build_model, random_pairs
 
 
 def sums_and_grads(model, batch, head: bool):

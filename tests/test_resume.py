@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.policy import build_policy
-from tests.conftest import reference_logps
-from tests.scripts.train_steps import TINY
+from tests.helpers import REPO, TINY_POLICY, reference_logps, script_env
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test trains in processes of its own
+
 SCRIPT = REPO / "tests" / "scripts" / "train_steps.py"
 
 
 def _train(*args: str, expect_exit: int = 0) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = script_env()
     command = [sys.executable, str(SCRIPT), *args]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == expect_exit, result.stderr[-4000:]
@@ -54,6 +52,6 @@ def test_resumed_process_keeps_initial_reference_and_loss_curve(tmp_path, budget
     )
     # (a) the reference is bitwise the initial model, not the resumed weights.
     torch.manual_seed(0)
-    initial = build_policy(build_char_tokenizer(), tiny=TINY)
+    initial = build_policy(build_char_tokenizer(), tiny=TINY_POLICY)
     for batch in resumed_run["batches"]:
         assert torch.equal(batch["reference_logps"], reference_logps(initial, batch))

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForCausalLM
 
 from lightning_dpo.training import build, train
-from tests.conftest import FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
+from tests.helpers import FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
 
 def test_default_run_leaves_log_checkpoint_export_and_plot(tmp_path):

@@ -14,7 +14,7 @@ from lightning_dpo.callbacks.samples import (
     greedy_completions,
     markdown_table,
 )
-from tests.conftest import make_bare_trainer, small_datamodule
+from tests.helpers import make_bare_trainer, small_datamodule
 
 
 def fit_with_samples(tmp_path, policy, callbacks, steps=4):

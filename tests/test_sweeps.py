@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from lightning_dpo.sweep_summary import summarize_sweep
-from tests.conftest import CONF_DIR, FAST_OVERRIDES
+from tests.helpers import FAST_OVERRIDES, REPO, script_env
 
-REPO = CONF_DIR.parent
 HEADER = "step,train/loss,val/loss,val/rewards/accuracies,val/rewards/margins\n"
 
 
@@ -60,7 +59,7 @@ def test_summary_of_hand_made_jobs(tmp_path):
 
 
 def run_train(args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = script_env(OMP_NUM_THREADS="1")
     command = [
         sys.executable,
         "train.py",
@@ -78,6 +77,7 @@ def last_logged(job_dir, metric):
     return float(values[-1])
 
 
+@pytest.mark.slow
 def test_grid_multirun_writes_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
     run_train(["-m", "loss=dpo,ipo", f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -90,6 +90,7 @@ def test_grid_multirun_writes_the_summary(tmp_path):
     assert (sweep / "val_curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_two_trials_and_summarises_them(tmp_path):
     sweep = tmp_path / "optuna"
     run_train(

@@ -12,8 +12,13 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import HostSnapshotReference
-from tests.conftest import reference_logps, small_datamodule
-from tests.test_callback import RecordBatches, _module, _trainer
+from tests.helpers import (
+    RecordBatches,
+    dpo_module,
+    make_bare_trainer,
+    reference_logps,
+    small_datamodule,
+)
 
 
 class KeepPolicyAt(pl.Callback):
@@ -30,8 +35,8 @@ def test_hard_sync_makes_the_reference_the_policy_of_that_step(tmp_path, tiny_po
     initial = copy.deepcopy(tiny_policy)
     keeper, recorder = KeepPolicyAt(), RecordBatches()
     callbacks = [keeper, ReferenceSwapCallback(sync_every=2), recorder]
-    _trainer(tmp_path, callbacks, max_steps=5).fit(
-        _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, callbacks, max_steps=5).fit(
+        dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer)
     )
     batches = recorder.batches
     for step in (0, 1):
@@ -49,8 +54,8 @@ def test_soft_sync_mixes_reference_and_policy(tmp_path, tiny_policy, tokenizer, 
     initial = {k: v.clone() for k, v in tiny_policy.state_dict().items()}
     keeper, reference = KeepPolicyAt(), ReferenceSwapCallback(sync_every=2, sync_alpha=0.25)
     with caplog.at_level(logging.INFO):
-        _trainer(tmp_path, [keeper, reference], max_steps=3).fit(
-            _module(tiny_policy), datamodule=small_datamodule(tokenizer)
+        make_bare_trainer(tmp_path, [keeper, reference], max_steps=3).fit(
+            dpo_module(tiny_policy), datamodule=small_datamodule(tokenizer)
         )
     assert "TR-DPO: every 2 optimizer steps the reference moves towards the policy" in caplog.text
     assert "ref <- 0.75 ref + 0.25 policy" in caplog.text
@@ -65,8 +70,8 @@ def test_lora_tr_dpo_keeps_a_frozen_adapter_copy_starting_at_the_base(
 ):
     base = copy.deepcopy(lora_policy.get_base_model())
     recorder, reference = RecordBatches(), ReferenceSwapCallback(sync_every=2)
-    _trainer(tmp_path, [reference, recorder], max_steps=3).fit(
-        _module(lora_policy), datamodule=small_datamodule(tokenizer)
+    make_bare_trainer(tmp_path, [reference, recorder], max_steps=3).fit(
+        dpo_module(lora_policy), datamodule=small_datamodule(tokenizer)
     )
     assert isinstance(reference.weights, HostSnapshotReference)
     assert all("lora_" in name for name in reference.weights.snapshot)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,9 +13,13 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from lightning_dpo.data import DataValidationError
 from lightning_dpo.scoring import DEFAULT_LOGPS_CHUNK_SIZE
 from lightning_dpo.training import train
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
-
-REPO = CONF_DIR.parent
+from tests.helpers import (
+    FAST_OVERRIDES,
+    LEAN_OVERRIDES,
+    REPO,
+    compose_train_config,
+    script_env,
+)
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "rpo"])
@@ -82,6 +85,7 @@ def test_rpo_on_data_without_rewards_names_file_record_and_fields(tmp_path):
     assert "rpo_bwd_kl" in message
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_every_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [
@@ -95,7 +99,7 @@ def test_multirun_sweep_runs_every_job(tmp_path):
         *LEAN_OVERRIDES,
         "trainer.max_steps=2",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = script_env()
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())

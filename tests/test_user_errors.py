@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Literal
@@ -13,9 +12,7 @@ from hydra.errors import InstantiationException
 from lightning_dpo.config_types import accepts, expected
 from lightning_dpo.errors import ConfigError, describe
 from lightning_dpo.training import build
-from tests.conftest import CONF_DIR, FAST_OVERRIDES, compose_train_config
-
-REPO = CONF_DIR.parent
+from tests.helpers import FAST_OVERRIDES, REPO, compose_train_config, script_env
 
 
 @pytest.mark.parametrize(
@@ -70,7 +67,7 @@ def test_describe_unwraps_what_hydra_was_building(tmp_path):
 
 
 def _run_train(tmp_path, *overrides: str, full_error: bool = False):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = script_env(OMP_NUM_THREADS="1")
     env.pop("HYDRA_FULL_ERROR", None)
     if full_error:
         env["HYDRA_FULL_ERROR"] = "1"
@@ -78,6 +75,7 @@ def _run_train(tmp_path, *overrides: str, full_error: bool = False):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_train_py_shows_a_data_error_as_one_block_without_traceback(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": 5}\n')
@@ -90,6 +88,7 @@ def test_train_py_shows_a_data_error_as_one_block_without_traceback(tmp_path):
     assert "field 'rejected'" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_hydra_full_error_still_gives_the_traceback(tmp_path):
     result = _run_train(tmp_path, "trainer.max_steps=abc", full_error=True)
     assert result.returncode == 1

@@ -31,14 +31,7 @@ from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import snapshot_fingerprint
 from lightning_dpo.reference.diagnostics import BracketCounter
 from lightning_dpo.reference.node_share import mapped_pss_bytes
-from tests.conftest import make_bare_trainer, step_checkpoints
-
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
+from tests.helpers import TINY_POLICY, make_bare_trainer, step_checkpoints
 
 
 class Forwards(pl.Callback):
@@ -79,7 +72,7 @@ def main(args: argparse.Namespace) -> None:
     """Train 4 optimizer steps on 2 CPU processes and save what each rank saw."""
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4)
     torch.manual_seed(args.init_seed)
-    policy = build_policy(datamodule.tokenizer, tiny=TINY)
+    policy = build_policy(datamodule.tokenizer, tiny=TINY_POLICY)
     # Under ModelParallelStrategy, PreferenceModule.configure_model shards with FSDP2.
     module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
     if args.strategy == "fsdp2":

@@ -20,14 +20,8 @@ import torch
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.policy import build_policy
-from tests.conftest import step_checkpoints
+from tests.helpers import TINY_POLICY, step_checkpoints
 
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
 DATA = {"num_train": 32, "num_val": 8, "batch_size": 8}  # 4 steps per epoch
 
 
@@ -73,7 +67,7 @@ def main() -> None:
     budget = {"max_tokens": args.max_tokens, "layout": "packed"} if args.max_tokens else {}
     datamodule = PreferenceDataModule(**DATA, **budget)
     torch.manual_seed(args.init_seed)
-    policy = build_policy(datamodule.tokenizer, tiny=TINY)
+    policy = build_policy(datamodule.tokenizer, tiny=TINY_POLICY)
     module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))
     record = Record()
     callbacks = [ReferenceSwapCallback(), record]

@@ -1,0 +1,52 @@
+"""The suite's own rules: processes only in ``slow`` tests, helpers only from ``helpers.py``."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+FORBIDDEN = ("tests.test_", "tests.conftest", "tests.scripts", "tests.distributed", "conftest")
+
+
+def test_a_test_not_marked_slow_cannot_start_a_subprocess():
+    with pytest.raises(AssertionError, match=r"starts a process: mark it pytest\.mark\.slow"):
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def test_a_test_not_marked_slow_cannot_start_a_multiprocessing_process():
+    process = multiprocessing.get_context("spawn").Process(target=print)
+    with pytest.raises(AssertionError, match=r"starts a process: mark it pytest\.mark\.slow"):
+        process.start()
+
+
+@pytest.mark.slow
+def test_a_slow_test_starts_processes():
+    assert subprocess.run([sys.executable, "-c", "pass"], check=True).returncode == 0
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports (``from X import ...`` and ``import X``)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+    return modules
+
+
+def test_shared_helpers_come_only_from_helpers_py():
+    """No test module or script imports a test module, a script or the conftest."""
+    offenders = {
+        str(path.relative_to(TESTS)): sorted(
+            module for module in imported_modules(path) if module.startswith(FORBIDDEN)
+        )
+        for path in TESTS.rglob("*.py")
+    }
+    assert {path: modules for path, modules in offenders.items() if modules} == {}
