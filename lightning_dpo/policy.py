@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
+
+from lightning_dpo.pretrained import resolve_pretrained
 
 TINY_LLAMA = {
     "hidden_size": 64,
@@ -66,18 +67,16 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Ll
 
 
 def load_pretrained(path: str) -> nn.Module:
-    """Load a causal LM from a local directory (never from the hub).
+    """Load a causal LM from a local directory or a GGUF file (never from the hub).
+
+    See :func:`~lightning_dpo.pretrained.resolve_pretrained` (a GGUF file is dequantised
+    to float and converted once into a cached Hugging Face directory).
 
     Raises:
-        FileNotFoundError: ``path`` is not a local directory.
+        FileNotFoundError: ``path`` is neither a local directory nor a GGUF file.
+        ImportError: A GGUF file without the ``gguf`` package.
     """
-    if not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"model.pretrained={path!r} is not a local directory: lightning-dpo loads models "
-            "from disk only (save one with `save_pretrained`, or leave pretrained unset for "
-            "the tiny default)"
-        )
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return resolve_pretrained(path).load_model()
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -180,8 +179,8 @@ def build_policy(
 
     Args:
         tokenizer: The data's tokenizer (sizes the tiny model's vocabulary).
-        pretrained: Local directory of a Hugging Face causal LM; ``None`` builds the tiny
-            random Llama instead.
+        pretrained: Local directory of a Hugging Face causal LM, or a GGUF file; ``None``
+            builds the tiny random Llama instead.
         tiny: ``LlamaConfig`` overrides for the tiny model.
         lora: ``add_lora`` arguments for fresh adapters; ``None`` trains all parameters.
         adapter: Local directory of a trained peft adapter to continue training (the

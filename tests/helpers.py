@@ -6,8 +6,10 @@ processes of their own (``tests/scripts``, ``tests/distributed``) import from he
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -23,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from lightning_dpo import PreferenceLoss, PreferenceModule
-from lightning_dpo.data import PreferenceDataModule, build_char_tokenizer
+from lightning_dpo.data import PreferenceDataModule, build_byte_tokenizer, build_char_tokenizer
 from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.policy import build_policy
@@ -183,6 +185,46 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 """A tiny chat template for the character tokenizer: ``<role>content;`` per message."""
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""ChatML, as SmolLM2's and Qwen's templates write it (no BOS; each turn ends ``<|im_end|>``)."""
+CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+def chatml_tokenizer():
+    """The byte tokenizer with ChatML's two special tokens and :data:`CHATML_TEMPLATE`."""
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_SPECIALS)})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def chatml(messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """ChatML text of ``messages``, written by hand (what :data:`CHATML_TEMPLATE` must give)."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if generation_prompt else "")
+
+
+def chatml_ids(tokenizer, text: str) -> list[int]:
+    """Ids of ChatML ``text`` worked out by hand: each special its id, each other byte 3 + b."""
+    ids: list[int] = []
+    for piece in re.split(r"(<\|im_start\|>|<\|im_end\|>)", text):
+        if piece in CHATML_SPECIALS:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+        else:
+            ids.extend(3 + byte for byte in piece.encode("utf-8"))
+    return ids
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    """Writes rows (dicts JSON-encoded, strings verbatim), one per line."""
+    lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def small_datamodule(tokenizer=None, batch_size: int = 8, **kwargs) -> PreferenceDataModule:

@@ -185,7 +185,8 @@ def test_read_jsonl_message_format(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": 42, "rejected": "b"}])
     with pytest.raises(
         DataValidationError,
-        match=r"train\.jsonl:1: field 'chosen': expected a string, got 42$",
+        match=r"train\.jsonl:1: field 'chosen': expected a string, got 42 "
+        r"\(format explicit, set by data.format\)$",
     ):
         read_jsonl(path)
 

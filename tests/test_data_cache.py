@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 import lightning_dpo.data.token_cache as token_cache_module
@@ -38,6 +38,10 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     backend.train_from_iterator(CORPUS, trainer)
+    bos = backend.token_to_id("<s>")  # a tokenizer that adds BOS itself, as Llama's
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<s>"
     )
@@ -57,6 +61,7 @@ def encode(s: str) -> list[int]:
 def test_loss_mask_is_exactly_the_response_and_eos(prompt, chosen, rejected, max_length) -> None:
     record = PreferenceRecord(prompt, chosen, rejected)
     prompt_ids = [BPE.bos_token_id, *encode(prompt)]
+    assert BPE(prompt)["input_ids"] == prompt_ids  # the tokenizer's own BOS, once
     body, keep = prompt_ids[1:], max_length // 2 - 1  # BOS is always kept
     kept_prompt = prompt_ids[:1] + (body if len(body) <= keep else body[len(body) - keep :])
     room = max_length - len(kept_prompt)

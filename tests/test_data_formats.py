@@ -95,8 +95,8 @@ def test_conversational_bad_message_names_field(tmp_path: Path) -> None:
     rows = [
         {
             "prompt": [{"role": "user"}],
-            "chosen": [{"role": "a", "content": "x"}],
-            "rejected": [{"role": "a", "content": "y"}],
+            "chosen": [{"role": "assistant", "content": "x"}],
+            "rejected": [{"role": "assistant", "content": "y"}],
         }
     ]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
@@ -121,8 +121,8 @@ def test_column_mapping_and_reward_defaults(tmp_path: Path) -> None:
     )
     assert texts(records) == [("q>", "good", "bad"), ("r>", "fine", "poor")]
     assert [(r.chosen_reward, r.rejected_reward) for r in records] == [(2.0, 0.0), (1.0, 0.0)]
-    with pytest.raises(DataValidationError, match=r"se\.jsonl:1: field 'chosen'"):
-        load_records(path)  # without the mapping: implicit format, no 'chosen' column
+    with pytest.raises(DataValidationError, match=r"se\.jsonl:1: expected the fields of one"):
+        load_records(path)  # without the mapping: no format has these columns
     with pytest.raises(ValueError, match=r"valid fields: \('prompt'"):
         FormatOptions(columns={"question": "prompt"})
     with pytest.raises(ValueError, match="format must be one of"):
@@ -262,7 +262,8 @@ def test_skip_mode_counts_every_reason_prints_and_logs(tmp_path: Path, capsys, c
     assert not val_report.skipped
     printed = capsys.readouterr().out
     assert f"{path} (train): read 10 records, kept 2, refused 8 (bad_reward 1, empty_res" in printed
-    assert f"data {val} (val): read 1 record, kept 1\n" in printed  # nothing refused there
+    # nothing refused there
+    assert f"data {val} (val): read 1 record, kept 1; format explicit (detected)" in printed
     assert "identical_tokens 1" in caplog.text
     assert str(val) not in caplog.text  # a source that refused nothing is not a warning
 

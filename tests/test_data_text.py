@@ -33,7 +33,7 @@ TRICKY = [
     "emoji 😀👍🏽 and a family 👨‍👩‍👧",
     "中文\uff0c日本語のテキスト、한국어",
     "\n\nHuman: Line one\r\nline two\tTabbed\n\nAssistant:",
-    "special-token text </s> <s> <pad> <unk> stays text",
+    "text like <unk>, </ s> and < s> stays text",
     "\x00\x01 control bytes and \u200b zero width",
 ]
 HH_PROMPT = "\n\nHuman: What's a good way to say NO politely?\n\nAssistant:"
@@ -60,9 +60,21 @@ def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:
 @pytest.mark.parametrize("text", TRICKY)
 def test_byte_tokenizer_represents_text_exactly(byte_tok, text: str) -> None:
     ids = encode(byte_tok, text)
-    assert ids == [3 + b for b in text.encode("utf-8")]  # one token per byte, specials as text
+    assert ids == [3 + b for b in text.encode("utf-8")]  # one token per byte
     assert byte_tok.decode(ids) == text
     assert byte_tok.unk_token_id is None and byte_tok.unk_token is None
+
+
+def test_byte_tokenizer_parses_its_specials_in_text_and_after_saving(byte_tok, tmp_path) -> None:
+    # TRL appends eos_token as text: it must become the EOS id, as with any HF tokenizer.
+    expected = [1, 3 + ord("h"), 3 + ord("i"), 2]
+    assert byte_tok("hi</s>")["input_ids"] == expected
+    assert byte_tok("<s>hi</s>", add_special_tokens=False)["input_ids"] == expected
+    assert byte_tok.decode(expected, skip_special_tokens=True) == "hi"
+    byte_tok.save_pretrained(tmp_path / "tok")
+    reloaded = load_tokenizer(str(tmp_path / "tok"))
+    assert reloaded("hi</s>")["input_ids"] == expected
+    assert reloaded("<pad>")["input_ids"] == [1, 0]
 
 
 @settings(max_examples=200, deadline=None)
@@ -85,7 +97,7 @@ def test_byte_tokenizer_vocabulary_and_specials_are_fixed(byte_tok) -> None:
 #: The byte tokenizer's fingerprint: the same in every process and run (cache entries and
 #: reference caches made by one run are found by the next). Only a ``tokenizers`` release
 #: that serialises tokenizers differently may change it (caches are then rebuilt once).
-BYTE_TOKENIZER_FINGERPRINT = "e6336e34909c7e2ca53053ef2ce909081006c5d186afcb7ca31cf21386fcc9ff"
+BYTE_TOKENIZER_FINGERPRINT = "ec0740ba8d073b059e8f9d17368c3b81b20863a3eb66cdad1eb63af42438ec23"
 
 
 def test_byte_tokenizer_fingerprint_is_stable_and_survives_saving(byte_tok, tmp_path) -> None:
@@ -242,9 +254,12 @@ def test_data_report_is_printed_and_logged_even_when_nothing_is_refused(
     with caplog.at_level(logging.INFO, logger="lightning_dpo.data.report"):
         PreferenceDataModule(train_file=str(data), val_fraction=0.2).setup()
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"data {data} (train, val): read 10 records, kept 10"
+    reading = "format explicit (detected), plain text"
+    assert printed[0] == f"data {data} (train, val): read 10 records, kept 10; {reading}"
     assert printed[1].startswith(f"data train: 8 pairs from {data}; 0 with an empty response;")
-    assert "cut 0 prompts" in printed[1] and printed[2].startswith("data val: 2 pairs")
+    assert "cut 0 prompts" in printed[1] and printed[3].startswith("data val: 2 pairs")
+    example = "data train, first pair as the model sees it (decoded ids): prompt ...'<s>Question "
+    assert printed[2].startswith(example) and printed[2].endswith("?' | chosen 'Yes.</s>'...")
     assert [r.getMessage() for r in caplog.records] == printed
 
 
@@ -263,7 +278,8 @@ def test_data_report_shows_once_when_logging_already_writes_to_the_console(
         logger.removeHandler(console)
         logger.setLevel(level)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 3 and printed[0] == f"data {data} (train, val): read 4 records, kept 4"
+    assert len(printed) == 4  # source, train, its first pair, val
+    assert printed[0].startswith(f"data {data} (train, val): read 4 records, kept 4; format")
 
 
 # --- messages and fingerprints ----------------------------------------------------------

@@ -11,7 +11,14 @@ import pytest
 
 from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.training import train
-from tests.helpers import CHAT_TEMPLATE, CONF_DIR, FAST_OVERRIDES, compose_train_config
+from tests.helpers import (
+    CHAT_TEMPLATE,
+    CONF_DIR,
+    FAST_OVERRIDES,
+    chatml_tokenizer,
+    compose_train_config,
+    save_local_checkpoint,
+)
 
 
 def rows(fmt: str) -> list[dict[str, object]]:
@@ -75,3 +82,76 @@ def test_data_jsonl_without_a_path_names_the_setting(tmp_path: Path) -> None:
     cfg = compose_train_config(tmp_path, ["data=jsonl", *FAST_OVERRIDES])
     with pytest.raises(Exception, match=r"data\.path"):
         train(cfg)
+
+
+def chat_rows(fmt: str) -> list[dict[str, object]]:
+    """12 records in a chat format (ShareGPT, OpenAI, whole conversations)."""
+    out = []
+    for i in range(1, 13):
+        digits = f"{i}{i + 1}{i % 3}"
+        answer, wrong = "".join(sorted(digits)), "".join(sorted(digits, reverse=True))
+        user = {"role": "user", "content": f"Sort {digits}"}
+        good, bad = (
+            {"role": "assistant", "content": answer},
+            {"role": "assistant", "content": wrong},
+        )
+        if fmt == "sharegpt":
+            turn = {"from": "human", "value": user["content"]}
+            out.append(
+                {
+                    "conversations": [turn],
+                    "chosen": {"from": "gpt", "value": answer},
+                    "rejected": {"from": "gpt", "value": wrong},
+                }
+            )
+        elif fmt == "openai":
+            out.append(
+                {
+                    "input": {"messages": [user]},
+                    "preferred_output": [good],
+                    "non_preferred_output": [bad],
+                }
+            )
+        else:
+            out.append({"chosen": [user, good], "rejected": [user, bad]})
+    return out
+
+
+def chat_model(tmp_path: Path) -> Path:
+    """A local tiny Llama whose tokenizer has a ChatML template (what an instruct model has)."""
+    return save_local_checkpoint(
+        tmp_path / "chat-model", "llama", chatml_tokenizer(), max_position_embeddings=512
+    )
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "openai", "whole_conversations"])
+def test_chat_formats_train_with_only_the_data_path_and_the_model(tmp_path: Path, fmt: str):
+    data = tmp_path / f"{fmt}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(fmt)))
+    overrides = ["data=jsonl", f"data.path={data}", f"model.pretrained={chat_model(tmp_path)}"]
+    cfg = compose_train_config(tmp_path, [*overrides, "data.batch_size=4", *FAST_OVERRIDES[3:]])
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
+
+
+@pytest.mark.slow
+def test_train_py_trains_a_sharegpt_file_through_the_chat_template(tmp_path: Path) -> None:
+    data = tmp_path / "sharegpt.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows("sharegpt")))
+    command = [
+        sys.executable,
+        "train.py",
+        "data=jsonl",
+        f"data.path={data}",
+        f"model.pretrained={chat_model(tmp_path)}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "callbacks=minimal",
+        "logger=none",
+        "data.batch_size=4",
+        *FAST_OVERRIDES[3:],
+    ]
+    done = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "format sharegpt (detected), rendered with the tokenizer's chat template" in (
+        done.stdout + done.stderr
+    )

@@ -21,9 +21,14 @@ BASE_MODEL_SUBDIR = "base_model"
 
 
 def _base_on_disk(policy: nn.Module) -> bool:
-    """Whether the peft policy's base model was loaded from a local directory."""
+    """Whether the peft policy's base model is a loadable directory on disk (``config.json``).
+
+    A base read straight from a GGUF file (when its converted copy could not be cached)
+    names the file's directory, which holds no ``config.json``: ``from_pretrained`` cannot
+    load that directory, so such a base is saved with the adapter like the tiny model's.
+    """
     base_path = policy.peft_config[policy.active_adapter].base_model_name_or_path
-    return bool(base_path) and Path(base_path).is_dir()
+    return bool(base_path) and (Path(base_path) / "config.json").is_file()
 
 
 def _save_adapter(policy: nn.Module, path: Path, state_dict: dict[str, Tensor] | None) -> None:

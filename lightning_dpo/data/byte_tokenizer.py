@@ -50,8 +50,10 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     """Builds a byte-level tokenizer (a ByteLevel BPE without merges) with ``tokenizers``.
 
     Each UTF-8 byte of the text is one token, so ``decode(encode(text)) == text`` for any
-    text and no token is unknown. Special-token strings inside the text (a literal
-    ``"</s>"``) are encoded as their bytes, never as the special token. With
+    text and no token is unknown. Special-token strings inside the text are parsed as
+    the special token, as every ``transformers`` tokenizer parses its own: ``"hi</s>"`` ends
+    with the EOS id (libraries that append ``eos_token`` as text, TRL among them, rely on
+    it), and this survives ``save_pretrained``. With
     ``add_special_tokens=True`` (the default) encoding prepends ``<s>``, as the char
     tokenizer does. Ids are the same on every call and in every process.
 
@@ -67,4 +69,4 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(BYTE_SPECIAL_TOKENS))
-    return wrap_backend(backend, vocab[BOS_TOKEN], split_special_tokens=True)
+    return wrap_backend(backend, vocab[BOS_TOKEN])

@@ -75,10 +75,13 @@ class PreferenceDataModule(L.LightningDataModule):
         train_split: Split of a ``DatasetDict``/Hub source used for training.
         val_split: Split of a ``DatasetDict``/Hub ``val_file``.
         format: ``"auto"`` (detected from the first record), ``"explicit"``,
-            ``"implicit"`` or ``"conversational"``.
+            ``"implicit"``, ``"conversational"`` (TRL's message lists), ``"sharegpt"``
+            or ``"openai"`` (:mod:`lightning_dpo.data.conversations`).
         columns: Our field -> the data's column, e.g. ``{"prompt": "question",
             "chosen": "response_j", "rejected": "response_k"}``.
         turn_markers: Turn boundaries that end an implicit prompt.
+        chat_template: Render plain-text records (hh-rlhf dialogues, explicit prompts)
+            through the tokenizer's chat template; conversation formats always are.
         default_chosen_reward: Reward of a chosen response without one (``None``: unset).
         default_rejected_reward: Reward of a rejected response without one.
         on_invalid: ``"error"`` (refuse the data, naming every bad record) or ``"skip"``
@@ -117,6 +120,7 @@ class PreferenceDataModule(L.LightningDataModule):
         format: str = "auto",
         columns: Mapping[str, str] | None = None,
         turn_markers: Sequence[str] | None = None,
+        chat_template: bool = False,
         default_chosen_reward: float | None = None,
         default_rejected_reward: float | None = None,
         on_invalid: str = "error",
@@ -138,7 +142,7 @@ class PreferenceDataModule(L.LightningDataModule):
         check_on_invalid(on_invalid)
         resolve_max_prompt_length(max_length, max_prompt_length)
         self.format_options = FormatOptions(
-            format, dict(columns or {}), tuple(turn_markers or DEFAULT_TURN_MARKERS)
+            format, dict(columns or {}), tuple(turn_markers or DEFAULT_TURN_MARKERS), chat_template
         )
         self.save_hyperparameters(ignore=["tokenizer"])
         self.hparams.train_file = train_file

@@ -14,7 +14,9 @@ from lightning_dpo.data.tokenization import TokenizedPair
 
 #: Bumped whenever the tokenised layout (BOS, EOS, truncation) changes meaning.
 #: 2: over-long prompts are cut (not refused); empty responses are kept as EOS alone.
-TOKENIZATION_VERSION = 2
+#: 3: ids as the tokenizer makes them (its own BOS or none, BOS/EOS never twice); chat
+#: template renderings tokenised as rendered, end-of-turn included.
+TOKENIZATION_VERSION = 3
 
 
 def _update(digest: Any, value: Any) -> None:
@@ -63,7 +65,7 @@ def texts_fingerprint(records: Iterable[PreferenceRecord], tokenizer_digest: str
     digest = hashlib.sha256()
     _update(digest, ["encodings", TOKENIZATION_VERSION, tokenizer_digest])
     for r in records:
-        _update(digest, [r.prompt, r.chosen, r.rejected])
+        _update(digest, [r.prompt, r.chosen, r.rejected, r.templated])
     return digest.hexdigest()
 
 

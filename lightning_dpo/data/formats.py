@@ -1,7 +1,9 @@
-"""Record formats: explicit prompt, implicit (shared-prefix) prompt, conversational.
+"""Record formats: which one a source is in, and the plain-text ones (explicit, implicit).
 
-Each format turns one raw row into ``(prompt, chosen, rejected)`` strings or raises a
-:class:`RecordProblem` naming the field and what was expected.
+The plain-text formats turn one raw row into ``(prompt, chosen, rejected)`` strings, the
+conversation formats (``conversational``, ``sharegpt``, ``openai``:
+:mod:`lightning_dpo.data.conversations`) into messages the chat template renders; each
+raises a :class:`RecordProblem` naming the field and what was expected.
 
 Empty responses are valid: an empty string (explicit format) or nothing after the shared
 prompt (implicit format, e.g. an hh-rlhf dialogue that ends at ``Assistant:``) is a
@@ -18,10 +20,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_dpo.data.records import is_empty_response
 from lightning_dpo.data.validation import RecordProblem, show
 
-FORMATS = ("auto", "explicit", "implicit", "conversational")
-FIELDS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
+FORMATS = ("auto", "explicit", "implicit", "conversational", "sharegpt", "openai")
+#: Formats whose records are messages, always rendered by the tokenizer's chat template.
+CONVERSATION_FORMATS = ("conversational", "sharegpt", "openai")
+FIELDS = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "chosen_reward",
+    "rejected_reward",
+    "conversations",
+    "system",
+)
 #: Turn boundaries the implicit prompt is cut after (the last one in the shared prefix).
 DEFAULT_TURN_MARKERS = (
     "\n\nAssistant:",
@@ -41,15 +54,20 @@ class FormatOptions:
         columns: Our field name -> the data's column name, e.g.
             ``{"prompt": "question", "chosen": "response_j", "rejected": "response_k"}``.
         turn_markers: Turn boundaries for the implicit prompt.
+        chat_template: Render plain-text records (explicit and implicit) through the
+            tokenizer's chat template too: hh-rlhf turns parsed into messages, a prompt
+            without turns as one user message, each response as an assistant turn.
+            Conversation formats are rendered by it always.
     """
 
     format: str = "auto"
     columns: Mapping[str, str] = field(default_factory=dict)
     turn_markers: tuple[str, ...] = DEFAULT_TURN_MARKERS
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         unknown = sorted(set(self.columns) - set(FIELDS))
         if unknown:
             raise ValueError(f"columns: unknown fields {unknown}; valid fields: {FIELDS}")
@@ -60,6 +78,10 @@ class FormatOptions:
         """The data's column name for our field ``name``."""
         return self.columns.get(name, name)
 
+    def templated(self, fmt: str) -> bool:
+        """Whether records of format ``fmt`` are rendered by the chat template."""
+        return fmt in CONVERSATION_FORMATS or self.chat_template
+
 
 def detect_format(row: Mapping[str, Any], options: FormatOptions) -> str:
     """Detects the format from a row's columns and value types.
@@ -69,15 +91,59 @@ def detect_format(row: Mapping[str, Any], options: FormatOptions) -> str:
         options: Column mapping and the configured format.
 
     Returns:
-        ``options.format`` unless it is ``"auto"``; then ``"conversational"`` when a text
-        column holds a list, ``"explicit"`` when the prompt column exists, else ``"implicit"``.
+        ``options.format`` unless it is ``"auto"``; then ``"sharegpt"`` when the row has
+        a ``conversations`` column, ``"openai"`` when it has ``input.messages`` and
+        ``preferred_output``, ``"conversational"`` when a text column holds messages (a
+        list or a dict), ``"explicit"`` when the prompt column exists, else ``"implicit"``.
     """
     if options.format != "auto":
         return options.format
+    if sharegpt_history_column(row, options) is not None:
+        return "sharegpt"
+    source = row.get("input")
+    if isinstance(source, dict) and "messages" in source and "preferred_output" in row:
+        return "openai"
     texts = [row.get(options.column(f)) for f in FIELDS[:3]]
-    if any(isinstance(value, list) for value in texts):
+    if any(isinstance(value, list | dict) for value in texts):
         return "conversational"
     return "explicit" if options.column("prompt") in row else "implicit"
+
+
+def sharegpt_history_column(row: Mapping[str, Any], options: FormatOptions) -> str | None:
+    """The column of a ShareGPT row's turns: ``conversations``, else ``messages``, else none."""
+    for column in (options.column("conversations"), "messages"):
+        if isinstance(row.get(column), list):
+            return column
+    return None
+
+
+#: What each format reads, for the error of a source that matches none.
+FORMAT_FIELDS = {
+    "explicit": "'prompt', 'chosen', 'rejected' strings",
+    "implicit": "'chosen', 'rejected' strings that share their prompt",
+    "conversational": "'chosen', 'rejected' message lists (whole conversations, or with a "
+    "'prompt')",
+    "sharegpt": "'conversations' (or 'messages') turns, 'chosen', 'rejected'",
+    "openai": "'input' with 'messages', 'preferred_output', 'non_preferred_output'",
+}
+
+
+def unmatched_format(row: Mapping[str, Any], options: FormatOptions) -> str | None:
+    """Why a first record matches no format (``None`` when one matches or one is set).
+
+    Detection falls back to ``implicit``, which still needs both responses: a record with
+    neither is in no format this package reads, and one error says so for the whole source.
+    """
+    if options.format != "auto" or detect_format(row, options) != "implicit":
+        return None
+    needed = [options.column("chosen"), options.column("rejected")]
+    if all(column in row for column in needed):
+        return None
+    formats = "; ".join(f"{name}: {fields}" for name, fields in FORMAT_FIELDS.items())
+    return (
+        f"expected the fields of one format ({formats}), got fields {sorted(row)}; "
+        "set data.columns to map yours, or data.format to force one"
+    )
 
 
 def _text(row: Mapping[str, Any], column: str, allow_empty: bool = False) -> str:
@@ -96,11 +162,6 @@ def _text(row: Mapping[str, Any], column: str, allow_empty: bool = False) -> str
             "empty_response", f"field '{column}': expected {expected}, got {show(value)}"
         )
     return value
-
-
-def is_empty_response(text: str) -> bool:
-    """Whether a response text is empty or whitespace only (valid, counted in the report)."""
-    return not text.strip()
 
 
 def check_different(chosen: Any, rejected: Any, options: FormatOptions) -> None:

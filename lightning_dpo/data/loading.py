@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -9,8 +10,20 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.chat import conversational_texts, require_chat_template
-from lightning_dpo.data.formats import FormatOptions, detect_format, explicit_texts, implicit_texts
+from lightning_dpo.data.chat import render, require_chat_template
+from lightning_dpo.data.conversations import (
+    conversational_pair,
+    dialogue_pair,
+    openai_pair,
+    sharegpt_pair,
+)
+from lightning_dpo.data.formats import (
+    FormatOptions,
+    detect_format,
+    explicit_texts,
+    implicit_texts,
+    unmatched_format,
+)
 from lightning_dpo.data.records import DataValidationError, PreferenceRecord, format_location
 from lightning_dpo.data.sources import RawRow, read_rows
 from lightning_dpo.data.validation import (
@@ -20,6 +33,8 @@ from lightning_dpo.data.validation import (
     check_on_invalid,
     show,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,27 +76,63 @@ def _rewards(
     return values
 
 
-def _texts(row: Any, fmt: str, options: FormatOptions, tokenizer: PreTrainedTokenizerBase):
-    """``(prompt, chosen, rejected)`` of a decoded row in format ``fmt``."""
-    if not isinstance(row, dict):
-        names = [options.column(f) for f in ("prompt", "chosen", "rejected")]
-        raise RecordProblem(
-            "not_an_object", f"expected a JSON object with fields {names}, got {show(row)}"
-        )
-    if fmt == "explicit":
-        return explicit_texts(row, options)
-    if fmt == "implicit":
-        return implicit_texts(row, options)
-    return conversational_texts(row, options, tokenizer)
+CONVERSATION_READERS = {
+    "conversational": conversational_pair,
+    "sharegpt": sharegpt_pair,
+    "openai": openai_pair,
+}
 
 
-def _record(row: RawRow, fmt: str, options: FormatOptions, tokenizer, defaults) -> PreferenceRecord:
+@dataclass(frozen=True)
+class Reading:
+    """How a source's records are read: their format, and whether the template renders them.
+
+    Attributes:
+        format: One of :data:`~lightning_dpo.data.formats.FORMATS` but ``auto``.
+        detected: Whether the format was detected from the first record (not configured).
+        templated: Whether the texts are rendered by the tokenizer's chat template.
+    """
+
+    format: str
+    detected: bool
+    templated: bool
+
+    def describe(self) -> str:
+        """E.g. ``format sharegpt (detected), rendered with the tokenizer's chat template``."""
+        how = "rendered with the tokenizer's chat template" if self.templated else "plain text"
+        return f"format {self.format} ({'detected' if self.detected else 'set'}), {how}"
+
+    def note(self) -> str:
+        """What record errors add: the format, and how it was chosen."""
+        chosen = "detected from the first record" if self.detected else "set by data.format"
+        return f"(format {self.format}, {chosen})"
+
+
+def _record(
+    row: RawRow, reading: Reading, options: FormatOptions, tokenizer, defaults
+) -> PreferenceRecord:
     """One validated record, or a :class:`RecordProblem`."""
     if row.error is not None:
         raise RecordProblem("invalid_json", row.error)
-    prompt, chosen, rejected = _texts(row.value, fmt, options, tokenizer)
-    rewards = _rewards(row.value, options, defaults)
-    return PreferenceRecord(prompt, chosen, rejected, *rewards, row.source, row.line, row.index)
+    value = row.value
+    if not isinstance(value, dict):
+        raise RecordProblem("not_an_object", f"expected a JSON object, got {show(value)}")
+    fmt, empty_turn = reading.format, False
+    if fmt in CONVERSATION_READERS:
+        conversation = CONVERSATION_READERS[fmt](value, options)
+    else:
+        reader = explicit_texts if fmt == "explicit" else implicit_texts
+        texts = reader(value, options)
+        conversation = dialogue_pair(*texts) if reading.templated else None
+    if conversation is not None:
+        texts = render(
+            tokenizer, conversation, (options.column("chosen"), options.column("rejected"))
+        )
+        empty_turn = conversation.empty_turn
+    rewards = _rewards(value, options, defaults)
+    return PreferenceRecord(
+        *texts, *rewards, row.source, row.line, row.index, reading.templated, empty_turn
+    )
 
 
 def _where(row: RawRow | PreferenceRecord) -> str:
@@ -110,13 +161,36 @@ def _reward_consistency(records: list[PreferenceRecord]) -> list[tuple[str, Reco
     ]
 
 
-def _format_of(rows: list[RawRow], options: FormatOptions, tokenizer) -> str:
-    """The format of a source, detected from its first decoded row unless configured."""
-    first = next((r.value for r in rows if isinstance(r.value, dict)), {})
+def _reading_of(rows: list[RawRow], options: FormatOptions, tokenizer) -> Reading:
+    """How a source is read: its format detected from its first decoded row unless set.
+
+    Raises:
+        DataValidationError: The first record matches no format (one error for the source,
+            listing the formats and the fields each reads).
+    """
+    first_row = next((r for r in rows if isinstance(r.value, dict)), None)
+    first = first_row.value if first_row is not None else {}
+    if first_row is not None and (problem := unmatched_format(first, options)):
+        raise DataValidationError(f"{_where(first_row)}: {problem}")
     fmt = detect_format(first, options)
-    if fmt == "conversational":
-        require_chat_template(tokenizer)
-    return fmt
+    reading = Reading(fmt, options.format == "auto", options.templated(fmt))
+    if reading.templated:
+        require_chat_template(tokenizer, fmt)
+    return reading
+
+
+def _warn_ignored_tools(location: str | os.PathLike[str], rows: list[RawRow]) -> None:
+    """One warning for an OpenAI source whose records declare ``input.tools`` (not trained)."""
+    with_tools = sum(
+        isinstance(r.value, dict) and "tools" in (r.value.get("input") or {}) for r in rows
+    )
+    if with_tools:
+        log.warning(
+            "%s: 'input.tools' of %d record(s) ignored: the tool definitions are not rendered "
+            "into the prompt (the messages are)",
+            os.fspath(location),
+            with_tools,
+        )
 
 
 def load_records(
@@ -131,7 +205,8 @@ def load_records(
 
     Args:
         location: File, folder, saved dataset or cached Hub dataset name.
-        tokenizer: Needed only for conversational data (its chat template).
+        tokenizer: Needed only for data rendered by its chat template (conversation
+            formats, or ``options.chat_template``).
         options: Format and column mapping; auto-detected formats by default.
         rewards: Defaults for missing rewards.
         on_invalid: ``"error"`` to refuse the data at the first pass listing every problem,
@@ -144,20 +219,22 @@ def load_records(
     Raises:
         DataValidationError: In error mode for any invalid record (``file:line: field
             'name': expected ..., got ...``), and in both modes when no record is valid.
-        ValueError: For conversational data with a tokenizer without a chat template.
+        ValueError: For data to render with a tokenizer without a chat template.
     """
     check_on_invalid(on_invalid)
     options, rewards = options or FormatOptions(), rewards or RewardDefaults()
     rows = read_rows(location, split)
-    fmt = _format_of(rows, options, tokenizer)
-    report = SkipReport(os.fspath(location), total=len(rows))
+    reading = _reading_of(rows, options, tokenizer)
+    report = SkipReport(os.fspath(location), total=len(rows), reading=reading.describe())
     records, problems = [], []
     for row in rows:
         try:
-            records.append(_record(row, fmt, options, tokenizer, rewards))
+            records.append(_record(row, reading, options, tokenizer, rewards))
         except RecordProblem as problem:
-            problems.append((_where(row), problem))
+            problems.append((_where(row), problem.noted(reading.note())))
     apply_policy(problems, on_invalid, report)
+    if reading.format == "openai":
+        _warn_ignored_tools(location, rows)
     inconsistent = _reward_consistency(records)
     apply_policy(inconsistent, on_invalid, report)
     bad = {where for where, _ in inconsistent}

@@ -29,6 +29,11 @@ class PreferenceRecord:
         line: 1-based line in ``source``, or ``None`` when the source has no lines.
         index: 0-based row of the record in ``source`` (Parquet, JSON arrays, datasets),
             used in messages when ``line`` is ``None``.
+        templated: Whether the texts were rendered by the tokenizer's chat template: they
+            are then tokenised as they are (the template wrote BOS and end-of-turn); plain
+            text gets the tokenizer's BOS before the prompt and EOS after each response.
+        empty_turn: For templated texts, whether an assistant turn had no content (a
+            plain text's emptiness is read from the text itself).
     """
 
     prompt: str
@@ -39,11 +44,25 @@ class PreferenceRecord:
     source: str = GENERATED_SOURCE
     line: int | None = None
     index: int | None = None
+    templated: bool = False
+    empty_turn: bool = False
 
     @property
     def has_rewards(self) -> bool:
         """Whether both rewards are set."""
         return self.chosen_reward is not None and self.rejected_reward is not None
+
+    @property
+    def has_empty_response(self) -> bool:
+        """Whether a response is empty (trained as its end token alone; counted in the report)."""
+        if self.templated:
+            return self.empty_turn
+        return is_empty_response(self.chosen) or is_empty_response(self.rejected)
+
+
+def is_empty_response(text: str) -> bool:
+    """Whether a response text is empty or whitespace only (valid, counted in the report)."""
+    return not text.strip()
 
 
 def format_location(source: str, line: int | None, index: int | None = None) -> str:

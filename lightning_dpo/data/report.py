@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.formats import is_empty_response
 from lightning_dpo.data.records import PreferenceRecord, format_location
 from lightning_dpo.data.tokenization import BuiltPairs, Encoding
 from lightning_dpo.data.validation import SkipReport
@@ -36,8 +35,9 @@ class SplitStats:
         unk_records: Kept records with at least one unknown token.
         first_unk: Where the first one is, ``"file:line, field 'chosen'"``, or ``None``.
         unk_token: The tokenizer's unknown token (``None`` when it has none).
-        median_prompt: Median prompt tokens before cutting (BOS excluded).
-        median_response: Median response tokens before cutting (EOS excluded).
+        median_prompt: Median prompt tokens before cutting (BOS included, where added).
+        median_response: Median response tokens before cutting (EOS or end-of-turn
+            included).
         max_length: The limit on prompt + response.
         max_prompt_length: The fixed cap on the prompt, or ``None`` (cut as needed).
     """
@@ -56,6 +56,7 @@ class SplitStats:
     median_response: float
     max_length: int
     max_prompt_length: int | None
+    example: tuple[str, str] | None = None
 
     def summary(self) -> str:
         """One line: pairs, empty responses, what the limits cut, median lengths."""
@@ -71,6 +72,16 @@ class SplitStats:
         if self.max_prompt_length is not None:
             return f"prompt <= {self.max_prompt_length}"
         return f"prompts cut as far as needed, to >= {self.max_length // 2}"
+
+    def example_line(self) -> str | None:
+        """The split's first pair as the model sees it: the prompt's end, the chosen's start."""
+        if self.example is None:
+            return None
+        tail, head = self.example
+        return (
+            f"data {self.split}, first pair as the model sees it (decoded ids): prompt "
+            f"...{tail!r} | chosen {head!r}..."
+        )
 
     def unk_warning(self) -> str | None:
         """The warning about text the tokenizer cannot represent, or ``None`` if there is none."""
@@ -115,7 +126,7 @@ def split_stats(
         records: The split's records, as given to :func:`build_pairs`.
         encodings: Their untruncated encodings.
         built: What :func:`build_pairs` made of them.
-        tokenizer: The tokenizer (for BOS and its unknown token).
+        tokenizer: The tokenizer (for its unknown token).
         limits: ``(max_length, max_prompt_length)`` as configured.
 
     Returns:
@@ -123,21 +134,20 @@ def split_stats(
     """
     kept_records = [records[i] for i in built.kept]
     kept = [encodings[i] for i in built.kept]
-    bos = int(tokenizer.bos_token_id is not None)
     unk = tokenizer.unk_token_id
+    if unk in (tokenizer.eos_token_id, tokenizer.bos_token_id):  # GPT-2's: one id for all
+        unk = None  # an added EOS or BOS is not lost text
     unk_counts = (0, 0, None) if unk is None else _count_unk(kept_records, kept, unk)
     return SplitStats(
         split=split,
         source=kept_records[0].source if kept_records else "<none>",
         pairs=len(built.pairs),
-        empty_responses=sum(
-            is_empty_response(r.chosen) or is_empty_response(r.rejected) for r in kept_records
-        ),
+        empty_responses=sum(r.has_empty_response for r in kept_records),
         prompts_cut=sum(
-            len(p.prompt_ids) < bos + len(e[0]) for p, e in zip(built.pairs, kept, strict=True)
+            len(p.prompt_ids) < len(e[0]) for p, e in zip(built.pairs, kept, strict=True)
         ),
         responses_cut=sum(
-            (len(p.chosen_ids) <= len(e[1])) + (len(p.rejected_ids) <= len(e[2]))
+            (len(p.chosen_ids) < len(e[1])) + (len(p.rejected_ids) < len(e[2]))
             for p, e in zip(built.pairs, kept, strict=True)
         ),
         unk_tokens=unk_counts[0],
@@ -148,7 +158,22 @@ def split_stats(
         median_response=statistics.median([len(r) for e in kept for r in e[1:]]) if kept else 0,
         max_length=limits[0],
         max_prompt_length=limits[1],
+        example=_example(built, tokenizer),
     )
+
+
+EXAMPLE_CHARS = 80
+"""Characters of the prompt's end and the chosen response's start shown in the report."""
+
+
+def _example(built: BuiltPairs, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """The first pair's prompt end and chosen start, decoded with their special tokens."""
+    if not built.pairs:
+        return None
+    pair = built.pairs[0]
+    prompt = tokenizer.decode(pair.prompt_ids, skip_special_tokens=False)
+    chosen = tokenizer.decode(pair.chosen_ids, skip_special_tokens=False)
+    return prompt[-EXAMPLE_CHARS:], chosen[:EXAMPLE_CHARS]
 
 
 def _shown_on_console(logger: logging.Logger, level: int) -> bool:
@@ -181,9 +206,11 @@ def _emit(message: str, level: int) -> None:
 def announce(reports: Mapping[str, SkipReport], stats: Sequence[SplitStats]) -> None:
     """Prints and logs the data report (once, on global rank zero).
 
-    One line per source and the splits it feeds (records read, kept, refused per reason:
-    a warning when any was refused), one per split (:meth:`SplitStats.summary`), and a
-    warning per split whose text the tokenizer maps to its unknown token.
+    One line per source and the splits it feeds (records read, kept, refused per reason,
+    the format and whether the chat template rendered it: a warning when any was refused),
+    one per split (:meth:`SplitStats.summary`), the first split's first pair as the model
+    sees it (:meth:`SplitStats.example_line`), and a warning per split whose text the
+    tokenizer maps to its unknown token.
 
     Args:
         reports: The source report of each split (one report may feed both splits).
@@ -195,8 +222,11 @@ def announce(reports: Mapping[str, SkipReport], stats: Sequence[SplitStats]) -> 
     for report in {id(r): r for r in reports.values()}.values():
         line = f"data {report.source} ({', '.join(splits[id(report)])}): {report.counts()}"
         _emit(line, logging.WARNING if report.skipped else logging.INFO)
-    for split in stats:
+    for index, split in enumerate(stats):
         _emit(split.summary(), logging.INFO)
+        example = split.example_line()
+        if index == 0 and example is not None:  # one pair shown, from the first split
+            _emit(example, logging.INFO)
         warning = split.unk_warning()
         if warning is not None:
             _emit(warning, logging.WARNING)

@@ -16,9 +16,11 @@ class TokenizedPair:
     """Token ids of one preference pair; the prompt/response boundary is exact.
 
     Attributes:
-        prompt_ids: Prompt tokens (BOS first when the tokenizer has one).
-        chosen_ids: Chosen response tokens followed by EOS (unless truncated away).
-        rejected_ids: Rejected response tokens followed by EOS (unless truncated away).
+        prompt_ids: Prompt tokens, as the tokenizer (or chat template) makes them: BOS
+            first where the tokenizer adds one.
+        chosen_ids: Chosen response tokens, ending with EOS (or the chat template's
+            end-of-turn) unless truncated away.
+        rejected_ids: Rejected response tokens, likewise.
         chosen_reward: Reward of the chosen response, if any.
         rejected_reward: Reward of the rejected response, if any.
         source: Where the record came from.
@@ -42,13 +44,17 @@ class TokenizedPair:
         return self.chosen_reward is not None and self.rejected_reward is not None
 
 
-#: Untruncated token ids of one record's texts: ``(prompt, chosen, rejected)``.
+#: Token ids of one record's texts as tokenised, before any cut: ``(prompt, chosen, rejected)``.
 Encoding = tuple[list[int], list[int], list[int]]
 _ENCODE_CHUNK = 4096
+_PROBE = "a"
 
 
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     """Encodes texts without special tokens, in batches (fast tokenizers run them in parallel).
+
+    Special tokens written in the text (``"<|im_end|>"``) are parsed as the tokenizer parses
+    them (unless it sets ``split_special_tokens``); none is added.
 
     Args:
         tokenizer: The tokenizer.
@@ -64,25 +70,63 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> li
     return ids
 
 
+def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids the tokenizer itself puts before a text (its BOS, or nothing).
+
+    Found by encoding a probe with and without special tokens: Llama's tokenizer gives
+    ``[bos]``, SmolLM2's and GPT-2's give ``[]`` (their ``bos_token`` is never added).
+    """
+    plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(_PROBE)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def _with_prefix(prefix: list[int], ids: list[int]) -> list[int]:
+    """``prefix + ids``, unless ``ids`` already starts with it (a BOS written in the text)."""
+    return ids if ids[: len(prefix)] == prefix else prefix + ids
+
+
+def _with_eos(ids: list[int], eos: int) -> list[int]:
+    """``ids + [eos]``, unless they already end with it (an EOS written in the text)."""
+    return ids if ids[-1:] == [eos] else [*ids, eos]
+
+
 def encode_records(
     records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase
 ) -> list[Encoding]:
-    """Encodes the prompt and both responses of every record, each separately.
+    """Tokenises the prompt and both responses of every record, each separately.
+
+    Token ids are what the tokenizer (or the chat template) makes, as TRL's: a text
+    prompt gets the tokenizer's own :func:`special_prefix` (BOS exactly once: never added
+    to a prompt that starts with it), a text response the EOS token (once: not added after
+    one that ends with it). A record rendered by a chat template
+    (:attr:`~lightning_dpo.data.records.PreferenceRecord.templated`) is tokenised as
+    rendered, nothing added: the template wrote its BOS and end-of-turn tokens.
 
     Encoding the texts separately (not their concatenation) is what makes the
     prompt/response boundary exact even where the tokenizer would merge across it.
 
     Args:
         records: The records.
-        tokenizer: The tokenizer.
+        tokenizer: The tokenizer (with an EOS token).
 
     Returns:
-        One untruncated :data:`Encoding` per record.
+        One uncut :data:`Encoding` per record.
     """
-    n = len(records)
+    n, prefix, eos = len(records), special_prefix(tokenizer), tokenizer.eos_token_id
     texts = [r.prompt for r in records] + [r.chosen for r in records]
     ids = encode_texts(tokenizer, texts + [r.rejected for r in records])
-    return list(zip(ids[:n], ids[n : 2 * n], ids[2 * n :], strict=True))
+    encodings = []
+    for i, record in enumerate(records):
+        prompt, chosen, rejected = ids[i], ids[n + i], ids[2 * n + i]
+        if not record.templated:
+            prompt = _with_prefix(prefix, prompt)
+            chosen, rejected = _with_eos(chosen, eos), _with_eos(rejected, eos)
+        encodings.append((prompt, chosen, rejected))
+    return encodings
 
 
 def resolve_max_prompt_length(max_length: int, max_prompt_length: int | None) -> int | None:
@@ -121,45 +165,53 @@ def prompt_budget(max_length: int, max_prompt_length: int | None, longest_respon
     return max(max_length // 2, max_length - longest_response)
 
 
-def _prompt_ids(body: list[int], bos: list[int], max_prompt_length: int) -> list[int]:
-    """BOS + the END of the prompt (the latest turns), at most ``max_prompt_length`` tokens."""
-    keep = max(max_prompt_length - len(bos), 0)
-    ids = bos + body[max(len(body) - keep, 0) :] if keep else bos
-    if not ids:
-        raise RecordProblem(
-            "empty_prompt",
-            "field 'prompt': expected at least one token (the tokenizer has no BOS token), "
-            "got an empty prompt",
-        )
-    return ids
+def _cut_prompt(ids: list[int], prefix: list[int], max_prompt_length: int) -> list[int]:
+    """The END of the prompt (the latest turns), its special prefix kept, at most the budget."""
+    if len(ids) <= max_prompt_length:
+        return ids
+    head = prefix if prefix and ids[: len(prefix)] == prefix else []
+    keep = max(max_prompt_length - len(head), 0)
+    return head + ids[len(ids) - keep :] if keep else head
 
 
 def build_pair(
     record: PreferenceRecord,
     encoding: Encoding,
-    tokenizer: PreTrainedTokenizerBase,
+    prefix: list[int],
     max_length: int,
     max_prompt_length: int | None,
 ) -> TokenizedPair:
-    """Truncates one record's encoding into a pair: prompt END kept, response START kept.
+    """Cuts one record's encoding into a pair: prompt END kept, response START kept.
 
-    As TRL's ``keep_end`` prompts and ``keep_start`` completions: the prompt is ``[bos] +
-    prompt ids`` (BOS when the tokenizer has one), cut from its start to its last
-    :func:`prompt_budget` tokens with BOS kept (by default only when the longer response
-    would not fit otherwise); each response is ``ids + [eos]`` cut to the room the prompt
-    leaves (the EOS may be cut off). An empty response is ``[eos]``.
+    As TRL's ``keep_end`` prompts and ``keep_start`` completions: the prompt (as
+    :func:`encode_records` made it) is cut from its start to its last
+    :func:`prompt_budget` tokens, keeping the tokenizer's special prefix (BOS) it starts
+    with, by default only when the longer response would not fit otherwise; each
+    response is cut to the room the prompt leaves (its EOS may be cut off).
+
+    Args:
+        record: The record.
+        encoding: Its uncut ids.
+        prefix: The tokenizer's :func:`special_prefix`.
+        max_length: Tokens of prompt + response.
+        max_prompt_length: The fixed prompt cap, or ``None``.
 
     Raises:
         RecordProblem: ``empty_prompt`` if the prompt has no token at all;
             ``identical_tokens`` if the cut responses are the same tokens (the pair would
             have nothing to prefer within ``max_length``).
     """
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    longest = max(len(encoding[1]), len(encoding[2])) + 1
-    prompt = _prompt_ids(encoding[0], bos, prompt_budget(max_length, max_prompt_length, longest))
+    longest = max(len(encoding[1]), len(encoding[2]))
+    budget = prompt_budget(max_length, max_prompt_length, longest)
+    prompt = _cut_prompt(encoding[0], prefix, budget)
+    if not prompt:
+        raise RecordProblem(
+            "empty_prompt",
+            "field 'prompt': expected at least one token (the tokenizer adds none before a "
+            "text, such as a BOS), got an empty prompt",
+        )
     room = max_length - len(prompt)
-    eos = [tokenizer.eos_token_id]
-    chosen, rejected = (encoding[1] + eos)[:room], (encoding[2] + eos)[:room]
+    chosen, rejected = encoding[1][:room], encoding[2][:room]
     if chosen == rejected:
         where = (
             "once tokenised"
@@ -213,10 +265,10 @@ def build_pairs(
     max_prompt_length = resolve_max_prompt_length(max_length, max_prompt_length)
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
-    built = BuiltPairs([], [], [])
+    built, prefix = BuiltPairs([], [], []), special_prefix(tokenizer)
     for i, (record, encoding) in enumerate(zip(records, encodings, strict=True)):
         try:
-            pair = build_pair(record, encoding, tokenizer, max_length, max_prompt_length)
+            pair = build_pair(record, encoding, prefix, max_length, max_prompt_length)
         except RecordProblem as problem:
             where = format_location(
                 record.source, record.line, i if record.index is None else record.index

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.byte_tokenizer import build_byte_tokenizer
 from lightning_dpo.data.char_tokenizer import build_char_tokenizer
+from lightning_dpo.pretrained import resolve_pretrained
 
 
 def load_tokenizer(
@@ -16,8 +17,9 @@ def load_tokenizer(
     Which one, when:
 
     * a tokenizer object: that one;
-    * a string: ``AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)`` (a
-      local directory, e.g. the pretrained model's);
+    * a string: the tokenizer of a local directory (``AutoTokenizer.from_pretrained``, e.g.
+      the pretrained model's) or of a GGUF file
+      (:func:`~lightning_dpo.pretrained.resolve_pretrained`);
     * ``None`` with ``text_data`` (file data: ``train_file``/``path`` given):
       :func:`~lightning_dpo.data.byte_tokenizer.build_byte_tokenizer`, which represents
       any UTF-8 text exactly (one token per byte, no ``<unk>``);
@@ -41,7 +43,7 @@ def load_tokenizer(
     if tokenizer is None:
         tokenizer = build_byte_tokenizer() if text_data else build_char_tokenizer()
     elif isinstance(tokenizer, str):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+        tokenizer = resolve_pretrained(tokenizer).load_tokenizer()
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no EOS token")
     if tokenizer.pad_token_id is None:

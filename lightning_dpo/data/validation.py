@@ -43,6 +43,10 @@ class RecordProblem(Exception):
         self.reason = reason
         self.message = message
 
+    def noted(self, note: str) -> RecordProblem:
+        """The same problem, its message followed by ``note`` (e.g. the record's format)."""
+        return RecordProblem(self.reason, f"{self.message} {note}")
+
 
 def show(value: Any) -> str:
     """Short repr of an offending value for an error message."""
@@ -64,11 +68,14 @@ class SkipReport:
         source: The file, folder or dataset the records came from.
         total: Records read (valid or not).
         skipped: Refused records per reason (skip mode; error mode raises instead).
+        reading: How the records were read, e.g. ``"format sharegpt (detected), rendered
+            with the tokenizer's chat template"``; ``None`` for generated data.
     """
 
     source: str
     total: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    reading: str | None = None
 
     @property
     def kept(self) -> int:
@@ -76,12 +83,16 @@ class SkipReport:
         return self.total - sum(self.skipped.values())
 
     def counts(self) -> str:
-        """Records read, kept, and refused per reason (skip mode), e.g. ``read 9 records, ...``."""
+        """Records read, kept, refused per reason (skip mode), and how they were read.
+
+        E.g. ``read 9 records, kept 8, refused 1 (wrong_type 1); format implicit
+        (detected), plain text``.
+        """
         head = f"read {self.total} record{'' if self.total == 1 else 's'}, kept {self.kept}"
-        if not self.skipped:
-            return head
-        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
-        return f"{head}, refused {sum(self.skipped.values())} ({reasons})"
+        if self.skipped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+            head = f"{head}, refused {sum(self.skipped.values())} ({reasons})"
+        return head if self.reading is None else f"{head}; {self.reading}"
 
     def summary(self) -> str:
         """One line: the source, then :meth:`counts`."""
