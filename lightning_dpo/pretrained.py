@@ -79,13 +79,13 @@ def plain_float_model(model: nn.Module) -> nn.Module:
 
     ``transformers`` marks a model read from GGUF as quantised (``hf_quantizer``, a
     ``quantization_config``) and then refuses ``save_pretrained``; the weights it holds are
-    already float32, so the mark is removed and the model saves and reloads as any other.
+    already float32, so the quantizer's own ``remove_quantization_config`` drops the mark
+    (``model.dequantize()`` is not implemented for GGUF) and the model saves and reloads
+    as any other.
     """
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     return model
 
 

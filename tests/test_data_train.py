@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +10,12 @@ from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.training import train
 from tests.helpers import (
     CHAT_TEMPLATE,
-    CONF_DIR,
     FAST_OVERRIDES,
     chatml_tokenizer,
     compose_train_config,
+    run_python,
     save_local_checkpoint,
+    write_jsonl,
 )
 
 
@@ -46,8 +44,7 @@ def rows(fmt: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("fmt", ["explicit", "implicit", "conversational"])
 def test_train_on_each_format(tmp_path: Path, fmt: str) -> None:
-    data = tmp_path / f"{fmt}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows(fmt)))
+    data = write_jsonl(tmp_path / f"{fmt}.jsonl", rows(fmt))
     overrides = ["data=jsonl", f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}"]
     if fmt == "conversational":
         tok = build_char_tokenizer()
@@ -59,21 +56,16 @@ def test_train_on_each_format(tmp_path: Path, fmt: str) -> None:
     assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
 
 
+def train_py(tmp_path: Path, *overrides: str):
+    """``python train.py data=jsonl`` with quick settings, running under ``tmp_path``."""
+    quick = ["data.batch_size=4", *FAST_OVERRIDES[3:], f"hydra.run.dir={tmp_path / 'run'}"]
+    return run_python("train.py", "data=jsonl", *quick, *overrides)
+
+
 @pytest.mark.slow
 def test_train_py_command_line_with_data_path(tmp_path: Path) -> None:
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows("implicit")))
-    command = [
-        sys.executable,
-        "train.py",
-        "data=jsonl",
-        f"data.path={data}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "data.batch_size=4",
-        *FAST_OVERRIDES[3:],
-    ]
-    done = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows("implicit"))
+    done = train_py(tmp_path, f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cache").is_dir()
 
@@ -126,8 +118,7 @@ def chat_model(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["sharegpt", "openai", "whole_conversations"])
 def test_chat_formats_train_with_only_the_data_path_and_the_model(tmp_path: Path, fmt: str):
-    data = tmp_path / f"{fmt}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(fmt)))
+    data = write_jsonl(tmp_path / f"{fmt}.jsonl", chat_rows(fmt))
     overrides = ["data=jsonl", f"data.path={data}", f"model.pretrained={chat_model(tmp_path)}"]
     cfg = compose_train_config(tmp_path, [*overrides, "data.batch_size=4", *FAST_OVERRIDES[3:]])
     metrics = train(cfg)
@@ -136,22 +127,9 @@ def test_chat_formats_train_with_only_the_data_path_and_the_model(tmp_path: Path
 
 @pytest.mark.slow
 def test_train_py_trains_a_sharegpt_file_through_the_chat_template(tmp_path: Path) -> None:
-    data = tmp_path / "sharegpt.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows("sharegpt")))
-    command = [
-        sys.executable,
-        "train.py",
-        "data=jsonl",
-        f"data.path={data}",
-        f"model.pretrained={chat_model(tmp_path)}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "callbacks=minimal",
-        "logger=none",
-        "data.batch_size=4",
-        *FAST_OVERRIDES[3:],
-    ]
-    done = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True)
+    data = write_jsonl(tmp_path / "sharegpt.jsonl", chat_rows("sharegpt"))
+    model = f"model.pretrained={chat_model(tmp_path)}"
+    done = train_py(tmp_path, f"data.path={data}", model, "callbacks=minimal", "logger=none")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "format sharegpt (detected), rendered with the tokenizer's chat template" in (
-        done.stdout + done.stderr
-    )
+    rendering = "format sharegpt (detected), rendered with the tokenizer's chat template"
+    assert rendering in done.stdout + done.stderr
