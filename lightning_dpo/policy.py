@@ -170,6 +170,7 @@ def build_policy(
     lora: dict[str, Any] | None = None,
     adapter: str | None = None,
     max_length: int | None = None,
+    activation_checkpointing: bool = False,
 ) -> nn.Module:
     """Build the policy to train, in train mode.
 
@@ -188,10 +189,14 @@ def build_policy(
         max_length: The longest prompt + response the data gives (``data.max_length``):
             the tiny model gets this many positions unless ``tiny`` sets them, and a
             model with fewer is refused (:func:`check_context`). ``None`` checks nothing.
+        activation_checkpointing: Keep only each decoder layer's input during the forward
+            and recompute the layer in backward (:func:`enable_activation_checkpointing`):
+            less activation memory for about a third more compute; the same log-probs and
+            gradients.
 
     Raises:
-        ValueError: ``lora`` and ``adapter`` both set, or a context shorter than
-            ``max_length``.
+        ValueError: ``lora`` and ``adapter`` both set, a context shorter than
+            ``max_length``, or activation checkpointing on a model that does not support it.
     """
     if lora is not None and adapter is not None:
         raise ValueError(
@@ -208,8 +213,36 @@ def build_policy(
     check_vocabulary(model, tokenizer, source)
     if max_length is not None:
         check_context(model, max_length, source)
+    if activation_checkpointing:
+        enable_activation_checkpointing(model, source)
     if lora is not None:
         model = add_lora(model, **lora)
     if adapter is not None:
         model = load_adapter(model, adapter)
     return model.train()
+
+
+def enable_activation_checkpointing(model: nn.Module, source: str) -> None:
+    """Checkpoint every decoder layer of a ``transformers`` model (non-reentrant).
+
+    Non-reentrant ``torch.utils.checkpoint`` (transformers'
+    ``activation_checkpointing_enable``, formerly ``gradient_checkpointing_enable``, with
+    ``use_reentrant=False``, as TRL's default)
+    recomputes each layer in backward with the RNG state of the forward, so dropout draws
+    the same masks: log-probs and gradients are the run's without it. It needs no input
+    that requires grad, so it also holds under LoRA's frozen embeddings, and it acts in
+    train mode only: the reference forward (eval mode, no grad) is unchanged.
+
+    Raises:
+        ValueError: The model does not support it (``supports_gradient_checkpointing``).
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"model.activation_checkpointing=true: {source} ({type(model).__name__}) does "
+            "not support gradient checkpointing; set it to false"
+        )
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
