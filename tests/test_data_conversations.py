@@ -124,6 +124,9 @@ def test_whole_conversations_take_their_shared_opening_as_the_prompt(tmp_path, t
     built = pairs(tok, write_jsonl(tmp_path / "w.jsonl", [row, no_prompt]))
     expected = expected_ids(tok, opening, CHOSEN, REJECTED)
     assert [ids(pair) for pair in built] == [expected, expected]
+    other = write_jsonl(tmp_path / "x.jsonl", [{**row, "prompt": "Capital of Spain?"}])
+    with pytest.raises(DataValidationError, match=r"x\.jsonl:1: field 'prompt': expected the "):
+        load_records(other, tok)
 
 
 def test_whole_conversations_that_differ_before_the_last_turn_are_refused(tmp_path, tok):

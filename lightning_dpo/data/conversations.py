@@ -22,8 +22,6 @@ from lightning_dpo.data.formats import FormatOptions, check_different, sharegpt_
 from lightning_dpo.data.messages import Message, dialogue_messages, messages, shared_prefix
 from lightning_dpo.data.validation import RecordProblem, show
 
-OPENAI_FIELDS = ("input", "preferred_output", "non_preferred_output")
-
 
 def _split_shared(prompt: list[Message], chosen: list[Message], rejected: list[Message]):
     """Moves the messages both responses start with into the prompt."""
@@ -56,7 +54,8 @@ def conversational_pair(row: Mapping[str, Any], options: FormatOptions) -> Conve
 
     A list prompt that the conversations repeat at their start is taken out of them; a
     string prompt is one user message, unless the conversations already share a prefix
-    that ends in a user turn (the string then repeats it, as UltraFeedback's ``prompt``).
+    that ends in a user turn (the string then repeats it, as UltraFeedback's ``prompt``,
+    and is checked against it).
     """
     chosen_col, rejected_col = options.column("chosen"), options.column("rejected")
     chosen, rejected = (
@@ -77,6 +76,12 @@ def conversational_pair(row: Mapping[str, Any], options: FormatOptions) -> Conve
         prompt: list[Message] = []
     elif isinstance(value, str):
         repeated = shared and chosen[shared - 1]["role"] != "assistant"
+        if repeated and value.strip() != chosen[shared - 1]["content"].strip():
+            raise RecordProblem(
+                "no_shared_prompt",
+                f"field '{prompt_col}': expected the conversations' last shared turn "
+                f"({show(chosen[shared - 1]['content'])}), got {show(value)}",
+            )
         prompt = [] if repeated else [{"role": "user", "content": value}]
     else:
         prompt = messages(value, prompt_col, allow_empty=True)
