@@ -191,7 +191,7 @@ def build_policy(
             model with fewer is refused (:func:`check_context`). ``None`` checks nothing.
         activation_checkpointing: Keep only each decoder layer's input during the forward
             and recompute the layer in backward (:func:`enable_activation_checkpointing`):
-            less activation memory for about a third more compute; the same log-probs and
+            less activation memory for one more forward of each layer; the same log-probs and
             gradients.
 
     Raises:
