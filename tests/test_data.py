@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -28,15 +27,9 @@ from lightning_dpo.data import (
     tokenize_record,
     tokenize_records,
 )
+from tests.helpers import write_jsonl
 
 REWARD_FIELDS = ("chosen_reward", "rejected_reward")
-
-
-def write_jsonl(path: Path, rows: list[object]) -> Path:
-    """Writes rows (dicts are JSON-encoded, strings written verbatim) one per line."""
-    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def pair_row(i: int, rewards: bool = False) -> dict[str, object]:

@@ -15,7 +15,7 @@ from datasets import Dataset, DatasetDict
 from lightning_dpo.data import DataValidationError, PreferenceDataModule, build_char_tokenizer
 from lightning_dpo.data.formats import FormatOptions
 from lightning_dpo.data.loading import RewardDefaults, load_records
-from tests.helpers import CHAT_TEMPLATE
+from tests.helpers import CHAT_TEMPLATE, write_jsonl
 
 HH = "\n\nHuman: sort 3 1 2\n\nAssistant:"
 
@@ -24,12 +24,6 @@ def chat_tok():
     tok = build_char_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     return tok
-
-
-def write_jsonl(path: Path, rows: list[object]) -> Path:
-    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def explicit_rows(n: int = 4) -> list[dict[str, object]]:

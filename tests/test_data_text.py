@@ -5,7 +5,6 @@ Also the data report, JSON error messages and what the fingerprints cover.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from lightning_dpo.data import (
 )
 from lightning_dpo.data.fingerprints import texts_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.token_cache import cached_encodings
+from tests.helpers import write_jsonl
 
 TRICKY = [
     "Héllo, Wörld! It's “quoted” — \u2018fine\u2019…",
@@ -42,12 +42,6 @@ HH_PROMPT = "\n\nHuman: What's a good way to say NO politely?\n\nAssistant:"
 @pytest.fixture(scope="module")
 def byte_tok() -> PreTrainedTokenizerFast:
     return build_byte_tokenizer()
-
-
-def write_jsonl(path: Path, rows: list[object]) -> Path:
-    lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def encode(tok: PreTrainedTokenizerFast, text: str) -> list[int]:

@@ -70,9 +70,10 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], prompt:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
 
-def _response(tokenizer, conversation: Conversation, response: list[Message], column: str) -> str:
-    """The rendered response: the whole conversation's text after the rendered prompt."""
-    head = _render(tokenizer, conversation.prompt, prompt=True)
+def _response(
+    tokenizer, conversation: Conversation, head: str, response: list[Message], column: str
+) -> str:
+    """The rendered response: the whole conversation's text after ``head``, the prompt's."""
     full = _render(tokenizer, conversation.prompt + response, prompt=False)
     if not full.startswith(head):
         raise RecordProblem(
@@ -110,8 +111,9 @@ def render(
             f"fields '{columns[0]}', '{columns[1]}': expected at least one non-empty "
             "response, got two empty assistant turns",
         )
+    head = _render(tokenizer, conversation.prompt, prompt=True)
     return (
-        _render(tokenizer, conversation.prompt, prompt=True),
-        _response(tokenizer, conversation, conversation.chosen, columns[0]),
-        _response(tokenizer, conversation, conversation.rejected, columns[1]),
+        head,
+        _response(tokenizer, conversation, head, conversation.chosen, columns[0]),
+        _response(tokenizer, conversation, head, conversation.rejected, columns[1]),
     )
