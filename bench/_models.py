@@ -55,11 +55,23 @@ SIZES: dict[str, dict[str, int]] = {
         "num_hidden_layers": 8,
         "num_attention_heads": 12,
     },
+    "135M": {
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "tie_word_embeddings": True,
+    },
 }
-"""``LlamaConfig`` fields of each size (untied embeddings; names are rounded counts).
+"""``LlamaConfig`` fields of each size (names are rounded counts).
 
 ``tiny`` (~30k parameters) is for ``--quick`` smoke runs; ``100M`` has Llama-2's
-32,000-token vocabulary, whose embeddings are half of its 106M parameters.
+32,000-token vocabulary, whose embeddings are half of its 106M parameters. ``135M`` is
+SmolLM2-135M's shape (grouped-query attention, embeddings tied to the LM head: 134.5M
+parameters). Unless a size says otherwise, embeddings are untied and every attention head
+has its own keys and values.
 """
 
 
@@ -98,10 +110,10 @@ def build_llama(
     fields = dict(SIZES[check_size(size)])
     if vocab_size is not None:
         fields["vocab_size"] = vocab_size
+    fields.setdefault("num_key_value_heads", fields["num_attention_heads"])
+    fields.setdefault("tie_word_embeddings", False)
     config = LlamaConfig(
-        num_key_value_heads=fields["num_attention_heads"],
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
         pad_token_id=pad_token_id,
         bos_token_id=1,
         eos_token_id=2,
