@@ -333,11 +333,14 @@ def current_rss() -> int:
 
 
 def worker(system: System, directory: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One run of ``system`` in this process: its clock, adapters and memory."""
-    import datasets  # noqa: F401 - imported before the baseline, as TRL's side needs it
-    import peft  # noqa: F401
-    import trl  # noqa: F401
+    """One run of ``system`` in this process: its clock, adapters and memory.
 
+    The baseline RSS is taken after the side's own libraries are imported (TRL's needs
+    ``trl`` and ``datasets``), before the model loads.
+    """
+    if system.trainer == "trl":
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
     pairs = pickle.loads((directory / "pairs.pkl").read_bytes())
     baseline = current_rss()
     clock = StepClock()

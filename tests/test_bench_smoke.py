@@ -224,3 +224,35 @@ def test_gpu_check_runs_its_code_on_the_cpu_and_refuses_without_cuda(bench, caps
             gpu_check.main([])
         assert stop.value.code == 2
         assert "no CUDA device here" in capsys.readouterr().out
+
+
+def test_trl_bench_runs_this_package_alone_with_every_column(bench, capsys, tmp_path):
+    """Without TRL installed (CI): this package's systems in their own processes, no ratios."""
+    data = hh_shaped_file(tmp_path / "hh.jsonl")
+    out = tmp_path / "table.md"
+    args = ["--data", str(data), "--size", "tiny", "--steps", "4"]
+    bench("bench_trl").main([*args, "--systems", "ours-full,ours-lora-ckpt", "--out", str(out)])
+    printed, final = capsys.readouterr().out, out.read_text()
+    assert printed.count("| system |") == 2 and printed.endswith(final + "\n")  # after each run
+    rows = table_rows(final)
+    assert [row[0].split(":")[0] for row in rows] == ["full", "LoRA, checkpointing"]
+    for row in rows:
+        positive(row[1])  # pairs/s
+        assert row[2] == row[4] == row[7] == row[10] == "—"  # no TRL row to compare with
+        assert positive(row[3].replace(",", "")) > float(row[5].replace(",", ""))  # peak > fixed
+        assert positive(row[8]) >= 1.0  # positions per unique token: never below the limit
+        assert 0 < float(row[9].rstrip("%")) <= 100  # MFU
+    assert "initial adapter weights on every side identical" in final
+
+
+def test_trl_bench_names_its_systems(bench):
+    trl_bench = bench("bench_trl")
+    systems = trl_bench.all_systems()
+    assert len(systems) == 9 and len({system.key for system in systems}) == 9
+    assert [s.key for s in trl_bench.select_systems("off")][:3] == [
+        "trl-full",
+        "ours-full",
+        "ours-full-padded",
+    ]
+    with pytest.raises(ValueError, match="valid: all, off, trl-full"):
+        trl_bench.select_systems("ours-full,nope")
