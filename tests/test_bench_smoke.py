@@ -256,3 +256,28 @@ def test_trl_bench_names_its_systems(bench):
     ]
     with pytest.raises(ValueError, match="valid: all, off, trl-full"):
         trl_bench.select_systems("ours-full,nope")
+
+
+def test_real_model_aligns_a_gguf_through_train_py_and_prints_its_validations(
+    bench, capsys, tmp_path, monkeypatch
+):
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_tiny_gguf
+
+    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=100)
+    out = tmp_path / "align"
+    arguments = ["--gguf", str(gguf), "--data", str(data), "--out", str(out), "--steps", "2"]
+    arguments += ["--val-every", "1", "--val-pairs", "8", "--max-length", "128"]
+    bench("real_model").main(arguments)
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["1", "2"]  # a validation after each step
+    for row in rows:
+        assert 0.0 <= float(row[1]) <= 1.0  # reward accuracy
+        assert float(row[3]) < 0 and float(row[4]) < 0  # log-probs
+        positive(row[5])  # loss
+    assert (out / "lora" / "training_curves.png").stat().st_size > 0
+    assert "## step 2: policy" in (out / "lora" / "samples.md").read_text()
+    assert not list(out.glob("**/*.ckpt"))  # no checkpoints

