@@ -225,6 +225,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def status_kib(field: str) -> int:
+    """A field of ``/proc/self/status`` in KiB: ``VmRSS`` (resident now) or ``VmHWM`` (peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def mib(nbytes: float) -> str:
     """Bytes as MiB with one decimal."""
     return f"{nbytes / 2**20:.1f}"

@@ -36,6 +36,7 @@ from _models import (
     machine_info,
     markdown_table,
     set_threads,
+    status_kib,
     trainable_nbytes,
 )
 from _training import (
@@ -53,14 +54,6 @@ from _training import (
 )
 
 WEIGHTS_ONLY = "weights only (no fit)"
-
-
-def status_kib(field: str) -> int:
-    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status``, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def reset_peak() -> bool:

@@ -73,6 +73,7 @@ from _models import (
     machine_info,
     markdown_table,
     set_threads,
+    status_kib,
 )
 from _text import record_texts, train_bpe
 from _training import build_trainer, quiet
@@ -82,7 +83,7 @@ from transformers import AutoTokenizer, TrainerCallback
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule, build_policy
 from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.layouts import lay_out
+from lightning_dpo.data.layouts import lay_out, pair_tokens
 from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.data.windows import PlannedDataLoader
 from lightning_dpo.reference import ReferenceSwapCallback
@@ -326,12 +327,6 @@ def run_ours(system: System, model_dir: Path, pairs, args, clock: StepClock) -> 
     return initial
 
 
-def current_rss() -> int:
-    """This process's resident set size now, in bytes."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def worker(system: System, directory: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One run of ``system`` in this process: its clock, adapters and memory.
 
@@ -342,7 +337,7 @@ def worker(system: System, directory: Path, args: argparse.Namespace) -> dict[st
         import datasets  # noqa: F401
         import trl  # noqa: F401
     pairs = pickle.loads((directory / "pairs.pkl").read_bytes())
-    baseline = current_rss()
+    baseline = status_kib("VmRSS") * 1024
     clock = StepClock()
     run = run_trl if system.trainer == "trl" else run_ours
     initial = run(system, directory / "model", pairs, args, clock)
@@ -390,11 +385,6 @@ def computed_positions(system: System, batch: list[TokenizedPair], pad_token_id:
     return lay_out(batch, pad_token_id, layout)["input_ids"].numel()
 
 
-def unique_tokens(batch: list[TokenizedPair]) -> int:
-    """Tokens of the pairs, each prompt once."""
-    return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in batch)
-
-
 @dataclass
 class Measured:
     """The figures of one system (medians over rounds where timed)."""
@@ -413,7 +403,7 @@ def summarise(system: System, runs: list[dict], context: dict) -> Measured:
     pairs, steps, batch_size = context["pairs"], context["steps"], context["batch_size"]
     batches = [pairs[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
     timed = batches[2:]
-    tokens = sum(unique_tokens(batch) for batch in timed)
+    tokens = sum(pair_tokens(pair) for batch in timed for pair in batch)
     positions = sum(computed_positions(system, batch, context["pad"]) for batch in timed)
     # from the third step's start to the last step's end; the median over rounds
     seconds = sorted(run["ends"][-1] - run["starts"][2] for run in runs)[len(runs) // 2]

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import lightning.pytorch as pl
+from _models import status_kib
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -24,10 +25,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 def rss_mib() -> float:
     """Current resident set size of this process, in MiB (from /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+    return status_kib("VmRSS") / 1024
 
 
 class RssEvery(pl.Callback):
