@@ -4,15 +4,21 @@ Run (TRL comes with the benchmark extra, never with the package)::
 
     pip install -e ".[bench]"
     python bench/bench_trl.py --data ../shared/data/hh_harmless_dev.jsonl.gz [--size 135M]
-        [--steps 6] [--rounds 1] [--batch-size 8] [--threads 2] [--out table.md]
+        [--gguf FILE] [--steps 6] [--rounds 1] [--batch-size 8] [--threads 2] [--out table.md]
         [--systems all|off|NAME,...]
 
 The same work on both sides:
 
 - **model**: one random Llama of ``--size`` (``135M``: SmolLM2-135M's shape) saved with
-  ``save_pretrained``; every run loads it from that directory;
+  ``save_pretrained``; every run loads it from that directory. With ``--gguf`` (for
+  example SmolLM2-135M-Instruct's, see README "Align a real model") the real model
+  instead: its GGUF file converted once by :func:`~lightning_dpo.pretrained.resolve_pretrained`
+  (dequantised to float32, with its tokenizer and chat template) into the directory both
+  sides load;
 - **data**: a BPE of 8,192 tokens trained on the file's text (the model keeps its size's
-  vocabulary, so the LM head costs what it costs in the real model); the file goes
+  vocabulary, so the LM head costs what it costs in the real model), or with ``--gguf``
+  the model's own tokenizer with every conversation rendered through its chat template
+  (``chat_template=True``, as ``data.chat_template=true`` in ``train.py``); the file goes
   through :class:`~lightning_dpo.PreferenceDataModule` (``max_length=1024``, no pair cut),
   and TRL gets each pair back as text (prompt, chosen, rejected). The script checks that
   TRL's own tokenisation gives exactly the same token ids for every pair it uses;
@@ -83,9 +89,13 @@ from transformers import AutoTokenizer, TrainerCallback
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule, build_policy
 from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.data.conversations import dialogue_pair
+from lightning_dpo.data.formats import FormatOptions, implicit_texts
 from lightning_dpo.data.layouts import lay_out, pair_tokens
+from lightning_dpo.data.sources import read_rows
 from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.pretrained import resolve_pretrained
 from lightning_dpo.reference import ReferenceSwapCallback
 
 MAX_LENGTH = 1024
@@ -222,6 +232,28 @@ def pair_texts(pair: TokenizedPair, tokenizer: Any) -> dict[str, str]:
     }
 
 
+def pair_conversations(pairs: list[TokenizedPair], path: str) -> list[dict[str, list]]:
+    """The pairs as TRL's conversational records, for a chat model (``--gguf``).
+
+    Each pair's hh-rlhf line of ``path`` parsed into ``{role, content}`` messages (prompt,
+    chosen turn, rejected turn): TRL renders them with the tokenizer's chat template itself,
+    as its users give conversational data.
+    """
+    rows = {row.line: row.value for row in read_rows(path)}
+    records = []
+    for pair in pairs:
+        texts = implicit_texts(rows[pair.line], FormatOptions())
+        conversation = dialogue_pair(*texts)
+        records.append(
+            {
+                "prompt": conversation.prompt,
+                "chosen": conversation.chosen,
+                "rejected": conversation.rejected,
+            }
+        )
+    return records
+
+
 def adapter_hash(model: torch.nn.Module) -> str | None:
     """A hash of the LoRA adapters' weights by name (``None`` without adapters)."""
     digest = hashlib.sha256()
@@ -240,7 +272,7 @@ def adapter_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_adapters(model: torch.nn.Module, directory: Path) -> None:
-    """Set ``model``'s adapters to the initial weights :func:`prepare` saved (same names)."""
+    """Set ``model``'s adapters to the initial weights :func:`prepare` saved in ``directory``."""
     saved = torch.load(directory / "adapters.pt")
     parameters = dict(model.named_parameters())
     with torch.no_grad():
@@ -248,7 +280,12 @@ def load_adapters(model: torch.nn.Module, directory: Path) -> None:
             parameters[name].copy_(weight)
 
 
-def run_trl(system: System, model_dir: Path, pairs, args, clock: StepClock) -> str | None:
+def model_directory(args: argparse.Namespace, directory: Path) -> Path:
+    """The directory both sides load: the converted ``--gguf`` file, else the saved random model."""
+    return resolve_pretrained(args.gguf).directory if args.gguf else directory / "model"
+
+
+def run_trl(system: System, directory: Path, pairs, args, clock: StepClock) -> str | None:
     """TRL's DPOTrainer on ``pairs`` in order (a sequential sampler), timed by ``clock``."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -260,7 +297,7 @@ def run_trl(system: System, model_dir: Path, pairs, args, clock: StepClock) -> s
             return SequentialSampler(self.train_dataset)
 
     config = DPOConfig(
-        output_dir=str(model_dir / "trl"),
+        output_dir=str(directory / "trl"),
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
         learning_rate=1e-5,
@@ -280,8 +317,13 @@ def run_trl(system: System, model_dir: Path, pairs, args, clock: StepClock) -> s
         dataloader_num_workers=0,
         seed=0,
     )
+    model_dir = model_directory(args, directory)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = Dataset.from_list([pair_texts(pair, tokenizer) for pair in pairs])
+    if args.gguf:  # a chat model: conversations, rendered by TRL through the chat template
+        records = pair_conversations(pairs, args.data)
+    else:
+        records = [pair_texts(pair, tokenizer) for pair in pairs]
+    dataset = Dataset.from_list(records)
     trainer = InOrder(
         model=str(model_dir),
         args=config,
@@ -290,7 +332,7 @@ def run_trl(system: System, model_dir: Path, pairs, args, clock: StepClock) -> s
         peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA) if system.lora else None,
     )
     if system.lora:
-        load_adapters(trainer.model, model_dir.parent)
+        load_adapters(trainer.model, directory)
     trainer.add_callback(TrlClock(clock))
     for index, (pair, row) in enumerate(zip(pairs, trainer.train_dataset, strict=True)):
         ours = (list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids))
@@ -301,8 +343,9 @@ def run_trl(system: System, model_dir: Path, pairs, args, clock: StepClock) -> s
     return initial
 
 
-def run_ours(system: System, model_dir: Path, pairs, args, clock: StepClock) -> str | None:
+def run_ours(system: System, directory: Path, pairs, args, clock: StepClock) -> str | None:
     """This package on ``pairs`` in order, from the saved model, as ``build_policy`` builds it."""
+    model_dir = model_directory(args, directory)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = build_policy(
         tokenizer,
@@ -311,7 +354,7 @@ def run_ours(system: System, model_dir: Path, pairs, args, clock: StepClock) -> 
         activation_checkpointing=system.checkpointing,
     )
     if system.lora:
-        load_adapters(model, model_dir.parent)
+        load_adapters(model, directory)
     module = PreferenceModule(
         model,
         PreferenceLoss("dpo", beta=0.1),
@@ -340,7 +383,7 @@ def worker(system: System, directory: Path, args: argparse.Namespace) -> dict[st
     baseline = status_kib("VmRSS") * 1024
     clock = StepClock()
     run = run_trl if system.trainer == "trl" else run_ours
-    initial = run(system, directory / "model", pairs, args, clock)
+    initial = run(system, directory, pairs, args, clock)
     return {
         "starts": clock.starts,
         "ends": clock.ends,
@@ -483,16 +526,24 @@ def check_runs(measured: dict[System, Measured]) -> list[str]:
 
 def prepare(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """Tokenise the data, save the model and the pairs; the context every row needs."""
-    tokenizer = train_bpe(record_texts(args.data), BPE_VOCABULARY)
+    if args.gguf:
+        pretrained = resolve_pretrained(args.gguf)
+        tokenizer, model = pretrained.load_tokenizer(), pretrained.load_model()
+    else:
+        tokenizer = train_bpe(record_texts(args.data), BPE_VOCABULARY)
+        vocabulary = max(len(tokenizer), SIZES[args.size]["vocab_size"])
+        model = build_llama(args.size, vocab_size=vocabulary, max_positions=MAX_LENGTH)
+        model.save_pretrained(directory / "model")
+        tokenizer.save_pretrained(directory / "model")
     data = PreferenceDataModule(
-        tokenizer=tokenizer, train_file=args.data, max_length=MAX_LENGTH, layout="padded"
+        tokenizer=tokenizer,
+        train_file=args.data,
+        max_length=MAX_LENGTH,
+        layout="padded",
+        chat_template=bool(args.gguf),
     )
     data.setup()
     pairs = data.train_pairs[: args.batch_size * args.steps]
-    vocabulary = max(len(tokenizer), SIZES[args.size]["vocab_size"])
-    model = build_llama(args.size, vocab_size=vocabulary, max_positions=MAX_LENGTH)
-    model.save_pretrained(directory / "model")
-    tokenizer.save_pretrained(directory / "model")
     (directory / "pairs.pkl").write_bytes(pickle.dumps(pairs))
     from peft import LoraConfig, get_peft_model
 
@@ -514,6 +565,7 @@ def spawn(system: System, directory: Path, args: argparse.Namespace) -> dict[str
     """Run ``system`` in a fresh process; its figures."""
     result = directory / "result.json"
     command = [sys.executable, __file__, "--data", str(args.data), "--size", args.size]
+    command += ["--gguf", str(args.gguf)] if args.gguf else []
     command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     command += ["--threads", str(args.threads), "--worker", system.key, "--workdir", str(directory)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -526,10 +578,11 @@ def measure(args: argparse.Namespace, directory: Path, systems: list[System]) ->
     context = prepare(args, directory)
     context["peak_flops"] = matmul_rate(args.threads)
     runs: dict[System, list[dict]] = {system: [] for system in systems}
+    model = f"{Path(args.gguf).name} (chat template)" if args.gguf else f"random {args.size}"
     header = (
         "# lightning-dpo against TRL's DPOTrainer, same model, data, batches and steps\n\n"
         f"Machine: {machine_info()}\n"
-        f"Model {args.size} ({context['parameters'] / 1e6:.1f}M parameters, LoRA adapters "
+        f"Model {model} ({context['parameters'] / 1e6:.1f}M parameters, LoRA adapters "
         f"{context['adapters'] / 1e6:.2f}M); {len(context['pairs'])} pairs of {args.data} in "
         f"order, {args.batch_size} per step, {args.steps} steps x {args.rounds} rounds; "
         "identical token ids checked\n"
@@ -552,7 +605,8 @@ def main(argv: list[str] | None = None) -> None:
     """Parse, then measure (or, with ``--worker``, run one system)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a preference data file")
-    parser.add_argument("--size", default="135M", help="model size (bench/_models.py)")
+    parser.add_argument("--size", default="135M", help="random model's size (bench/_models.py)")
+    parser.add_argument("--gguf", help="a real model's GGUF file instead of the random model")
     parser.add_argument("--steps", type=int, default=6, help="steps per run (2 untimed)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")

@@ -245,6 +245,66 @@ def test_trl_bench_runs_this_package_alone_with_every_column(bench, capsys, tmp_
     assert "initial adapter weights on every side identical" in final
 
 
+def test_trl_bench_runs_a_real_model_from_its_gguf_with_its_chat_template(
+    bench, capsys, tmp_path, monkeypatch
+):
+    """``--gguf``: the converted model and its own tokenizer, the data through its template."""
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_tiny_gguf
+
+    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
+    args = ["--data", str(data), "--gguf", str(gguf), "--steps", "4", "--systems", "ours-lora"]
+    bench("bench_trl").main(args)
+    printed = capsys.readouterr().out
+    assert "Model tiny.gguf (chat template)" in printed
+    (row,) = table_rows(printed)
+    assert row[0].startswith("LoRA: ")
+    positive(row[1])  # pairs/s
+
+
+def test_trl_bench_gives_trl_conversations_its_chat_template_renders_to_our_ids(bench, tmp_path):
+    """What TRL makes of the conversational records: apply_chat_template, as DPOTrainer does.
+
+    The prompt rendered with the generation prompt, and prompt + each response rendered
+    whole, must give exactly the pair's prompt and prompt + response ids (TRL 1.16's
+    conversational tokenisation); the benchmark checks the same with TRL itself.
+    """
+    pytest.importorskip("gguf")
+    from lightning_dpo import PreferenceDataModule
+    from lightning_dpo.pretrained import Pretrained
+    from tests.gguf_files import write_tiny_gguf
+
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    tokenizer = Pretrained(tmp_path, gguf.name).load_tokenizer()
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=20)
+    module = PreferenceDataModule(
+        tokenizer=tokenizer, train_file=str(data), max_length=1024, chat_template=True
+    )
+    module.setup()
+    pairs = module.train_pairs[:6]
+    records = bench("bench_trl").pair_conversations(pairs, str(data))
+    for pair, record in zip(pairs, records, strict=True):
+        assert [message["role"] for message in record["chosen"]] == ["assistant"]
+
+        def ids(messages, generation_prompt=False):
+            return list(
+                tokenizer.apply_chat_template(
+                    messages, tokenize=True, add_generation_prompt=generation_prompt
+                )["input_ids"]
+            )
+
+        assert ids(record["prompt"], generation_prompt=True) == list(pair.prompt_ids)
+        for response, expected in (
+            (record["chosen"], pair.chosen_ids),
+            (record["rejected"], pair.rejected_ids),
+        ):
+            assert ids(record["prompt"] + response) == list(pair.prompt_ids + expected)
+
+
 def test_trl_bench_names_its_systems(bench):
     trl_bench = bench("bench_trl")
     systems = trl_bench.all_systems()
