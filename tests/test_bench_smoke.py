@@ -341,3 +341,26 @@ def test_real_model_aligns_a_gguf_through_train_py_and_prints_its_validations(
     assert (out / "lora" / "training_curves.png").stat().st_size > 0
     assert "## step 2: policy" in (out / "lora" / "samples.md").read_text()
     assert not list(out.glob("**/*.ckpt"))  # no checkpoints
+
+
+def test_startup_times_a_cold_and_a_warm_start_of_a_gguf_run_part_by_part(bench, capsys, tmp_path):
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_tiny_gguf
+
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
+    arguments = ["--gguf", str(gguf), "--data", str(data), "--max-length", "128"]
+    bench("startup").main(arguments)
+    rows = {row[0]: (float(row[1]), float(row[2])) for row in table_rows(capsys.readouterr().out)}
+    total = rows.pop("total: process start to first step's end")
+    rest = rows.pop("Lightning, the rest (Trainer internals between hooks)")
+    assert total[0] > 0 and total[1] > 0
+    for cold, warm in rows.values():
+        assert cold >= 0 and warm >= 0
+    rounding = 0.005 * (len(rows) + 2)  # each figure printed to 0.01 s
+    for column in (0, 1):  # the parts and the rest add up to the total
+        added = sum(part[column] for part in rows.values()) + rest[column]
+        assert math.isclose(added, total[column], abs_tol=rounding)
+    for part in ("sanity validation (2 batches)", "first step (reference + policy, AdamW)"):
+        assert rows[part][0] > 0 and rows[part][1] > 0
