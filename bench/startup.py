@@ -44,8 +44,7 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 IMPORTS = (
     ("import torch", "torch"),
-    ("import lightning (with torchmetrics)", "lightning.pytorch"),
-    ("import transformers (Auto classes)", "transformers"),
+    ("import lightning (it imports torchmetrics, transformers)", "lightning.pytorch"),
     ("import hydra, lightning_dpo", "lightning_dpo.training"),
 )
 TIMED_NODES = {"data": "data module (tokenizer loaded)", "model": "model (loaded)"}
@@ -156,7 +155,8 @@ def spawn(args: argparse.Namespace, cache: Path) -> dict[str, float]:
     """One start in a fresh process with ``cache``; its parts, the rest and the total."""
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        command = [sys.executable, __file__, "--gguf", args.gguf, "--data", args.data]
+        gguf, data = (str(Path(path).resolve()) for path in (args.gguf, args.data))
+        command = [sys.executable, __file__, "--gguf", gguf, "--data", data]  # run in tmp
         command += ["--mode", args.mode, "--max-length", str(args.max_length)]
         command += ["--threads", str(args.threads), "--worker", str(result)]
         env = {**os.environ, "LIGHTNING_DPO_CACHE": str(cache)}
