@@ -19,9 +19,10 @@ Each part is timed where it happens: the imports, Hydra's composition of the con
 object ``lightning_dpo.training.build`` instantiates, the data module's ``setup``
 (tokenisation or the token cache), the layout and response-only probes, the reference
 callback's ``on_fit_start`` (the host snapshot), Lightning's sanity validation and the first
-training step. "Lightning, the rest" is what remains of the total: Trainer internals
-between the hooks (strategy, optimizer, model summary). The total runs from the process's
-start (interpreter included) to the end of the first step.
+training step (from the first callback's ``on_train_batch_start``: the reference forward
+included). "Lightning, the rest" is what remains of the total: Trainer internals between
+the hooks (strategy, optimizer, model summary, the first batch's collation). The total
+runs from the process's start (interpreter included) to the end of the first step.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             self.sanity = time.perf_counter()
 
         def on_sanity_check_end(self, trainer, pl_module):
-            timeline.add("sanity validation (2 batches)", time.perf_counter() - self.sanity)
+            batches = trainer.num_sanity_val_steps
+            part = f"sanity validation ({batches} batch{'es' if batches != 1 else ''})"
+            timeline.add(part, time.perf_counter() - self.sanity)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.step = time.perf_counter()
@@ -146,7 +149,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     reference = next(c for c in trainer.callbacks if isinstance(c, ReferenceSwapCallback))
     timeline.wrap(reference, "on_fit_start", "reference on_fit_start (host snapshot)")
     hooks = Hooks()
-    trainer.callbacks.append(hooks)
+    trainer.callbacks.insert(0, hooks)  # first: the step's clock starts before the reference
     trainer.fit(module, datamodule=datamodule)
     return {"seconds": dict(timeline.seconds), "end": hooks.end}
 
