@@ -8,7 +8,9 @@ tampering.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from torch import Tensor
 
 ALGORITHM = "xxh3_128"
 """Named in every fingerprint (``"xxh3_128:<hex>"``), so a change of algorithm is explicit."""
+_READ_CHUNK = 1 << 24
 
 
 def _host_bytes(tensor: Tensor) -> memoryview:
@@ -95,6 +98,54 @@ def first_mismatch(expected: Mapping[str, str], tensors: Mapping[str, Tensor]) -
     ]
     if changed:
         return f"tensor '{changed[0]}' does not match its fingerprint ({len(changed)} in all)"
+    return None
+
+
+def file_fingerprint(path: Path) -> str:
+    """xxh3-128 of a file's bytes, as ``"xxh3_128:<hex>"``."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+    return f"{ALGORITHM}:{digest.hexdigest()}"
+
+
+def write_manifest(directory: Path, manifest: str, record: Mapping[str, Any] | None = None) -> None:
+    """Fingerprint every file of ``directory`` into its ``manifest`` file (JSON).
+
+    Args:
+        directory: A finished cache entry, before it is renamed into place.
+        manifest: The manifest's file name inside ``directory``.
+        record: What else to keep in the manifest (its source, say).
+    """
+    files = {
+        path.name: file_fingerprint(path)
+        for path in sorted(directory.iterdir())
+        if path.name != manifest
+    }
+    (directory / manifest).write_text(json.dumps({**(record or {}), "files": files}, indent=1))
+
+
+def directory_problem(directory: Path, manifest: str) -> str | None:
+    """What is wrong with a directory written by :func:`write_manifest`, or ``None``.
+
+    Returns:
+        The manifest missing or unreadable, files missing or added, or the first file whose
+        bytes do not match their fingerprint, named by path.
+    """
+    path = directory / manifest
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        expected = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return f"{path} is unreadable ({error})"
+    found = sorted(p.name for p in directory.iterdir() if p.name != manifest)
+    if found != sorted(expected):
+        return f"its files {found} are not the ones written {sorted(expected)}"
+    for name, fingerprint in sorted(expected.items()):
+        if file_fingerprint(directory / name) != fingerprint:
+            return f"{directory / name} does not match its fingerprint"
     return None
 
 

@@ -29,13 +29,14 @@ from filelock import FileLock
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from lightning_dpo.integrity import directory_problem, file_fingerprint, write_manifest
+
 log = logging.getLogger(__name__)
 
 GGUF_SUFFIX = ".gguf"
 MANIFEST = "lightning_dpo_gguf.json"
 """The converted entry's record: its source, and the fingerprint of each of its files."""
 CONVERSION_VERSION = 1
-_READ_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,6 @@ def require_gguf_package(path: str | os.PathLike[str]) -> None:
         )
 
 
-def file_fingerprint(path: Path) -> str:
-    """xxh3-128 of a file's bytes, as ``"xxh3_128:<hex>"``."""
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            digest.update(chunk)
-    return f"xxh3_128:{digest.hexdigest()}"
-
-
 def cache_root() -> Path:
     """Where converted GGUF files go: ``$LIGHTNING_DPO_CACHE/gguf`` (``~/.cache/lightning_dpo``)."""
     base = os.environ.get("LIGHTNING_DPO_CACHE") or "~/.cache/lightning_dpo"
@@ -126,20 +118,7 @@ def _conversion_key(source_fingerprint: str) -> str:
 
 def _entry_problem(entry: Path) -> str | None:
     """What is wrong with a converted entry, or ``None`` when every file verifies."""
-    manifest = entry / MANIFEST
-    if not manifest.is_file():
-        return f"{manifest} is missing"
-    try:
-        expected = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as error:
-        return f"{manifest} is unreadable ({error})"
-    found = sorted(p.name for p in entry.iterdir() if p.name != MANIFEST)
-    if found != sorted(expected):
-        return f"its files {found} are not the ones converted {sorted(expected)}"
-    for name, fingerprint in sorted(expected.items()):
-        if file_fingerprint(entry / name) != fingerprint:
-            return f"{entry / name} does not match its fingerprint"
-    return None
+    return directory_problem(entry, MANIFEST)
 
 
 def _convert(gguf: Path, entry: Path, source_fingerprint: str) -> None:
@@ -150,9 +129,8 @@ def _convert(gguf: Path, entry: Path, source_fingerprint: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    files = {p.name: file_fingerprint(p) for p in sorted(staging.iterdir())}
-    record = {"source": os.fspath(gguf), "source_fingerprint": source_fingerprint, "files": files}
-    (staging / MANIFEST).write_text(json.dumps(record, indent=1))
+    record = {"source": os.fspath(gguf), "source_fingerprint": source_fingerprint}
+    write_manifest(staging, MANIFEST, record)
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(staging, entry)
 

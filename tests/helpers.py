@@ -220,6 +220,14 @@ def chatml_ids(tokenizer, text: str) -> list[int]:
     return ids
 
 
+def flip_bytes_in_the_middle(path: Path, count: int = 64) -> None:
+    """Invert ``count`` bytes in the middle of a file, as a bad disk or a bad copy leaves it."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
 def write_jsonl(path: Path, rows: list[object]) -> Path:
     """Writes rows (dicts JSON-encoded, strings verbatim), one per line."""
     lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]

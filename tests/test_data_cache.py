@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +24,7 @@ from lightning_dpo.data import (
     collate_pairs,
 )
 from lightning_dpo.data.tokenization import tokenize_records
+from tests.helpers import flip_bytes_in_the_middle
 
 CORPUS = ["hello world", "the world is wide", "Q: hello world", "old bold world"] * 20
 
@@ -126,6 +128,54 @@ def test_tokenised_once_per_dataset_across_epochs_and_runs(tmp_path: Path, monke
         **{**kwargs, "train_file": str(write_rows(tmp_path / "e.jsonl", 41))}
     ).setup()
     assert calls["calls"] == 4  # other data: encoded afresh
+
+
+def damage_flipped(entry: Path) -> None:
+    (arrow,) = entry.glob("*.arrow")
+    flip_bytes_in_the_middle(arrow)
+
+
+def damage_truncated(entry: Path) -> None:
+    (arrow,) = entry.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+
+
+def damage_manifest_removed(entry: Path) -> None:
+    (entry / token_cache_module.MANIFEST).unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reported"),
+    [
+        (damage_flipped, ".arrow does not match its fingerprint"),
+        (damage_truncated, ".arrow does not match its fingerprint"),
+        (damage_manifest_removed, f"{token_cache_module.MANIFEST} is missing"),
+    ],
+    ids=["flipped-bytes", "truncated", "no-manifest"],
+)
+def test_a_token_cache_entry_that_does_not_verify_is_reported_never_used_and_replaced(
+    tmp_path: Path, monkeypatch, caplog, damage, reported
+) -> None:
+    calls = counting_encoder(monkeypatch)
+    data = write_rows(tmp_path / "d.jsonl", 40)
+    kwargs = {"train_file": str(data), "batch_size": 8, "cache_dir": str(tmp_path / "cache")}
+    first = PreferenceDataModule(**kwargs)
+    first.setup()
+    entries = sorted((tmp_path / "cache").glob("encodings-*"))
+    assert len(entries) == 2 and calls["calls"] == 2  # train and val
+    for entry in entries:
+        damage(entry)
+    with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.token_cache"):
+        second = PreferenceDataModule(**kwargs)
+        second.setup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for entry in entries:  # each named, with what failed
+        assert any(str(entry) in w and reported in w for w in warnings), warnings
+    assert calls["calls"] == 4  # both encoded anew, not read from the damaged entries
+    assert second.train_pairs == first.train_pairs and second.val_pairs == first.val_pairs
+    third = PreferenceDataModule(**kwargs)  # the replaced entries verify and serve
+    third.setup()
+    assert calls["calls"] == 4 and third.train_pairs == first.train_pairs
 
 
 FINGERPRINT = (

@@ -145,8 +145,8 @@ def _flip_a_byte(entry: Path) -> None:
         (_flip_a_byte, "model.safetensors does not match its fingerprint"),
         (lambda entry: (entry / MANIFEST).unlink(), f"{MANIFEST} is missing"),
         (lambda entry: (entry / MANIFEST).write_text("{"), f"{MANIFEST} is unreadable"),
-        (lambda entry: (entry / "tokenizer.json").unlink(), "are not the ones converted"),
-        (lambda entry: (entry / "extra.bin").write_bytes(b"x"), "are not the ones converted"),
+        (lambda entry: (entry / "tokenizer.json").unlink(), "are not the ones written"),
+        (lambda entry: (entry / "extra.bin").write_bytes(b"x"), "are not the ones written"),
     ],
     ids=["flipped-byte", "no-manifest", "bad-manifest", "missing-file", "extra-file"],
 )

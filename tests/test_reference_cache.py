@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import subprocess
 import sys
 
@@ -11,7 +12,13 @@ import torch
 
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
-from lightning_dpo.reference.cache_store import ReferenceLogpsCache, compute_pair_logps
+from lightning_dpo.errors import CheckpointError
+from lightning_dpo.reference.cache_store import (
+    TABLE_KEY,
+    ReferenceLogpsCache,
+    compute_pair_logps,
+    read_verified_table,
+)
 from lightning_dpo.reference.sources import CachedSource
 from tests.helpers import (
     CONF_DIR,
@@ -19,6 +26,7 @@ from tests.helpers import (
     LEAN_OVERRIDES,
     RecordBatches,
     dpo_module,
+    flip_bytes_in_the_middle,
     make_bare_trainer,
     reference_logps,
     script_env,
@@ -143,6 +151,71 @@ def test_resume_with_cache_uses_the_cached_reference(tmp_path, tiny_policy, toke
             datamodule=small_datamodule(tokenizer),
             ckpt_path=tmp_path / "a.ckpt",
         )
+
+
+def damage_flipped(path):
+    flip_bytes_in_the_middle(path)
+
+
+def damage_values(path):  # the values changed, the fingerprint kept: read back silently before
+    stored = torch.load(path, weights_only=True)
+    stored[TABLE_KEY][0, 0] += 1.0
+    torch.save(stored, path)
+
+
+def damage_old_format(path):  # a table written without a fingerprint
+    torch.save(torch.load(path, weights_only=True)[TABLE_KEY], path)
+
+
+DAMAGES = pytest.mark.parametrize(
+    ("damage", "reported"),
+    [
+        (damage_flipped, "does not verify"),
+        (damage_values, "its values do not match the fingerprint saved with them"),
+        (damage_old_format, "no fingerprint saved with the table"),
+    ],
+    ids=["flipped-bytes", "changed-values", "no-fingerprint"],
+)
+
+
+@DAMAGES
+def test_a_cached_table_that_does_not_verify_is_reported_recomputed_and_replaced(
+    tmp_path, tiny_policy, tokenizer, caplog, damage, reported
+):
+    initial = copy.deepcopy(tiny_policy)
+    first, _, _ = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
+    paths = sorted((tmp_path / "c").glob("*.pt"))
+    for path in paths:
+        damage(path)
+    with caplog.at_level(logging.WARNING, logger="lightning_dpo.reference.cache_build"):
+        second, _, _ = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for path in paths:  # each named, with what failed
+        assert any(str(path) in w and reported in w for w in warnings), warnings
+    for split in ("train", "val"):  # recomputed: bitwise the first run's tables
+        assert torch.equal(second.source.tables[split], first.source.tables[split])
+    for path in paths:  # replaced by a table that verifies
+        assert any(torch.equal(read_verified_table(path), t) for t in first.source.tables.values())
+
+
+@DAMAGES
+def test_resume_refuses_a_cached_table_that_no_longer_verifies(
+    tmp_path, tiny_policy, tokenizer, damage, reported
+):
+    callback = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
+    trainer = make_bare_trainer(tmp_path, [callback], max_steps=2)
+    trainer.fit(dpo_module(copy.deepcopy(tiny_policy)), datamodule=small_datamodule(tokenizer))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    for path in (tmp_path / "c").glob("*.pt"):
+        damage(path)
+    resumed = ReferenceSwapCallback(logps_cache_dir=str(tmp_path / "c"))
+    with pytest.raises(CheckpointError, match=r"reference cache .*\.pt does not verify") as error:
+        make_bare_trainer(tmp_path, [resumed], max_steps=4).fit(
+            dpo_module(copy.deepcopy(tiny_policy)),
+            datamodule=small_datamodule(tokenizer),
+            ckpt_path=tmp_path / "a.ckpt",
+        )
+    assert reported in str(error.value)
 
 
 def test_cache_and_tr_dpo_exclude_each_other():

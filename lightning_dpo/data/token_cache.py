@@ -1,4 +1,10 @@
-"""On-disk cache of record encodings, keyed by texts + tokenizer, stored with ``datasets``."""
+"""On-disk cache of record encodings, keyed by texts + tokenizer, stored with ``datasets``.
+
+Each entry carries an xxh3 fingerprint of each of its files (:data:`MANIFEST`), written
+with it and checked before it is used: an entry that does not verify (flipped bytes, a
+truncated or missing file, no manifest) is reported by path, never used, and replaced by
+a fresh encoding.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,29 @@ from transformers import PreTrainedTokenizerBase
 from lightning_dpo.data.fingerprints import texts_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.records import PreferenceRecord
 from lightning_dpo.data.tokenization import Encoding, encode_records
+from lightning_dpo.integrity import directory_problem, write_manifest
 
 log = logging.getLogger(__name__)
 _COLUMNS = ("prompt", "chosen", "rejected")
+MANIFEST = "lightning_dpo_cache.json"
+"""The entry's fingerprint of each of its files."""
 
 
 def _load(path: Path, expected: int) -> list[Encoding] | None:
-    """The cached encodings at ``path``, or ``None`` when absent or unusable."""
+    """The cached encodings at ``path``, or ``None`` when absent or unusable.
+
+    An entry that does not verify is reported, removed, and not used.
+    """
     from datasets import load_from_disk
 
     if not path.is_dir():
+        return None
+    problem = directory_problem(path, MANIFEST)
+    if problem is not None:
+        log.warning(
+            "token cache %s does not verify (%s): encoding anew, replacing it", path, problem
+        )
+        shutil.rmtree(path, ignore_errors=True)
         return None
     try:
         table = load_from_disk(os.fspath(path)).to_dict()
@@ -52,6 +71,7 @@ def _store(path: Path, encodings: Sequence[Encoding]) -> None:
     finally:
         if quiet:
             datasets_tqdm.enable_progress_bars()
+    write_manifest(tmp, MANIFEST)
     try:
         os.replace(tmp, path)
     except OSError:  # another process stored the same entry first

@@ -25,6 +25,7 @@ from lightning_dpo.errors import CheckpointError
 from lightning_dpo.reference.cache_store import (
     PairChunk,
     ReferenceLogpsCache,
+    UnverifiedCacheError,
     assemble_table,
     cache_key,
 )
@@ -95,7 +96,11 @@ def build_cached_source(
     tables, keys = {}, {}
     for split in SPLITS:
         keys[split] = key = cache_key(reference, data.fingerprint(split), dict(settings))
-        table = store.load(key)
+        try:
+            table = store.load(key)
+        except UnverifiedCacheError as error:
+            log.warning("Reference log-prob cache %s: recomputing and replacing it", error)
+            table = None
         how = "loaded from cache"
         if table is None:
             batches = data.ordered_dataloader(split, num_replicas=share.world, rank=share.rank)
@@ -115,11 +120,18 @@ def load_cached_source(store: ReferenceLogpsCache, keys: Mapping[str, str]) -> C
     """The tables a checkpoint's keys name (resume): never recomputed.
 
     Raises:
-        CheckpointError: A table is missing; the resumed weights are not the reference.
+        CheckpointError: A table is missing or does not verify; the resumed weights are not
+            the reference.
     """
     tables = {}
     for split, key in keys.items():
-        table = store.load(key)
+        try:
+            table = store.load(key)
+        except UnverifiedCacheError as error:
+            raise CheckpointError(
+                f"the checkpoint's reference cache {error}: the initial reference cannot be "
+                "recomputed from the resumed weights; restore the file, or start a new run"
+            ) from error
         if table is None:
             raise CheckpointError(
                 f"the checkpoint's reference cache {store.path(key)} is missing: the "

@@ -2,8 +2,10 @@
 
 A table is ``[N, 2]`` float32 (chosen, rejected) reference log-probs by ``pair_index``,
 stored under a key made of the reference weights' fingerprint, the split's data
-fingerprint and the log-prob settings (:func:`cache_key`). How a run fills or loads
-them is :mod:`lightning_dpo.reference.cache_build`.
+fingerprint and the log-prob settings (:func:`cache_key`), with an xxh3 fingerprint of
+its values, checked on every load: a table that does not verify is never used
+(:class:`UnverifiedCacheError`). How a run fills or loads them is
+:mod:`lightning_dpo.reference.cache_build`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,49 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_dpo.integrity import tensors_fingerprint
+from lightning_dpo.integrity import tensor_fingerprint, tensors_fingerprint
 
 CACHE_VERSION = 1
+TABLE_KEY, FINGERPRINT_KEY = "table", "fingerprint"
+"""What a cache file holds: the table and the fingerprint of its values."""
+
+
+class UnverifiedCacheError(RuntimeError):
+    """A cached table that does not verify: unreadable, without a fingerprint, or changed.
+
+    Args:
+        path: The table's file.
+        problem: What failed.
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} does not verify ({problem})")
+        self.path = path
+        self.problem = problem
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_verified_table(path: Path) -> Tensor:
+    """The table in ``path``, checked against the fingerprint saved with it.
+
+    Raises:
+        UnverifiedCacheError: The file cannot be read, holds no fingerprint (written by an
+            older version) or its values do not match it.
+    """
+    try:
+        stored = torch.load(path, weights_only=True)
+    except Exception as error:  # a damaged file is reported, never trusted
+        raise UnverifiedCacheError(path, f"unreadable: {_first_line(error)}") from error
+    if not isinstance(stored, dict) or set(stored) != {TABLE_KEY, FINGERPRINT_KEY}:
+        raise UnverifiedCacheError(path, "no fingerprint saved with the table")
+    table = stored[TABLE_KEY]
+    if tensor_fingerprint(TABLE_KEY, table) != stored[FINGERPRINT_KEY]:
+        raise UnverifiedCacheError(path, "its values do not match the fingerprint saved with them")
+    return table
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -91,15 +133,21 @@ class ReferenceLogpsCache:
         return self.directory / f"{key}.pt"
 
     def load(self, key: str) -> Tensor | None:
-        """The table of ``key``, or ``None`` when it is not cached."""
+        """The verified table of ``key``, or ``None`` when it is not cached.
+
+        Raises:
+            UnverifiedCacheError: The file is there but does not verify.
+        """
         path = self.path(key)
-        return torch.load(path, weights_only=True) if path.is_file() else None
+        return read_verified_table(path) if path.is_file() else None
 
     def save(self, key: str, table: Tensor) -> Path:
-        """Write the table atomically (temporary file, then rename)."""
+        """Write the table and its fingerprint atomically (temporary file, then rename)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(table.contiguous(), temporary)
+        table = table.contiguous()
+        stored = {TABLE_KEY: table, FINGERPRINT_KEY: tensor_fingerprint(TABLE_KEY, table)}
+        torch.save(stored, temporary)
         temporary.replace(path)
         return path
