@@ -149,6 +149,10 @@ def directory_problem(directory: Path, manifest: str) -> str | None:
     return None
 
 
+class FingerprintMismatch(RuntimeError):
+    """Tensors that do not match the fingerprints saved with them (a corrupt checkpoint)."""
+
+
 CHECKPOINT_KEY = "lightning_dpo_fingerprints"
 """Where a checkpoint keeps the fingerprints of its weights and optimizer state."""
 CHECKPOINT_SECTIONS = ("state_dict", "optimizer_states")
@@ -188,14 +192,14 @@ def verify_checkpoint(checkpoint: Mapping[str, Any], where: str) -> bool:
         ``True``.
 
     Raises:
-        RuntimeError: Naming the first tensor that is missing, unexpected or changed.
+        FingerprintMismatch: Naming the first tensor that is missing, unexpected or changed.
     """
     expected = checkpoint.get(CHECKPOINT_KEY)
     if expected is None:
         return False
     problem = first_mismatch(expected, _checkpoint_tensors(checkpoint))
     if problem is not None:
-        raise RuntimeError(
+        raise FingerprintMismatch(
             f"{where} is corrupt: {problem}. Resume from another checkpoint (the best one, "
             "or an earlier copy) or start the run anew."
         )

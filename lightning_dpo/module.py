@@ -13,7 +13,8 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY
-from lightning_dpo.integrity import stamp_checkpoint, verify_checkpoint
+from lightning_dpo.checkpoint_checks import check_resumable
+from lightning_dpo.integrity import stamp_checkpoint
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 from lightning_dpo.metrics import METRIC_NAMES, metric_values
 from lightning_dpo.scoring import (
@@ -277,11 +278,11 @@ class PreferenceModule(pl.LightningModule):
             rank_zero_info("Sharded checkpoint: its tensors are saved without fingerprints.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose weights or optimizer state differ from their fingerprints.
+        """Refuse a checkpoint of another model, or whose tensors differ from their fingerprints.
 
         Raises:
-            RuntimeError: Naming the checkpoint and the first tensor that differs.
+            CheckpointError: Naming the checkpoint and the first difference.
         """
         where = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-        if not verify_checkpoint(checkpoint, str(where)):
+        if not check_resumable(checkpoint, self.state_dict(), str(where)):
             rank_zero_warn(f"{where} carries no fingerprints: its tensors load unverified.")

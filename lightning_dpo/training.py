@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.progress import progress_bar
+from lightning_dpo.checkpoint_checks import check_checkpoint_file
 from lightning_dpo.config_types import check_types
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("ckpt_path") is not None:
+        check_checkpoint_file(cfg.ckpt_path)  # one line, before anything is built
     datamodule, module, trainer = build(cfg)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 import pytest
+import torch
 from hydra.errors import InstantiationException
 
 from lightning_dpo.config_types import accepts, expected
@@ -86,6 +87,18 @@ def test_train_py_shows_a_data_error_as_one_block_without_traceback(tmp_path):
     assert "Traceback" not in output
     assert "set HYDRA_FULL_ERROR=1 for the traceback" in output
     assert "field 'rejected'" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_train_py_shows_a_truncated_checkpoint_as_one_line_without_traceback(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(4096)}}, tmp_path / "whole.ckpt")
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes((tmp_path / "whole.ckpt").read_bytes()[:8000])
+    result = _run_train(tmp_path, f"ckpt_path={cut}", *FAST_OVERRIDES)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"CheckpointError: ckpt_path={cut} is not a complete PyTorch checkpoint" in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.slow
