@@ -387,3 +387,16 @@ def test_startup_times_a_cold_and_a_warm_start_of_a_gguf_run_part_by_part(bench,
     sanity = next(part for part in rows if part.startswith("sanity validation ("))
     for part in (sanity, "first step (reference + policy, AdamW)"):
         assert rows[part][0] > 0 and rows[part][1] > 0
+
+
+def test_store_verify_quick_checks_each_store_against_its_load(bench, capsys, tmp_path):
+    data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
+    bench("bench_store_verify").main(["--data", str(data), "--quick"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0].split(" (")[0] for row in rows] == [
+        "token cache",
+        "reference table",
+        "checkpoint pre-flight",
+    ]
+    for row in rows:
+        positive(row[2]), positive(row[3]), positive(row[4])  # check, load, their ratio
