@@ -62,9 +62,8 @@ VALIDATION_COLUMNS = (
 )
 
 
-def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The ``train.py`` command-line overrides of one alignment run."""
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.mode]
+def model_and_data(args: argparse.Namespace) -> list[str]:
+    """The overrides naming the model (``--gguf``, ``--mode``) and the data, as a user's run."""
     return [
         "data=jsonl",
         f"data.path={Path(args.data).resolve()}",
@@ -72,6 +71,14 @@ def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
         f"data.max_length={args.max_length}",
         f"model={args.mode}",
         f"model.pretrained={Path(args.gguf).resolve()}",
+    ]
+
+
+def overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The ``train.py`` command-line overrides of one alignment run."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.mode]
+    return [
+        *model_and_data(args),
         f"module.optimizer.lr={lr}",
         f"trainer.max_steps={args.steps}",
         f"trainer.val_check_interval={args.val_every}",

@@ -86,13 +86,10 @@ def node_part(cfg: Any, key: str, **unused: Any) -> str:
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """``train.py``'s overrides: ``bench/real_model.py``'s run, one step, no output."""
+    from real_model import model_and_data  # here, after the timed imports
+
     return [
-        "data=jsonl",
-        f"data.path={Path(args.data).resolve()}",
-        "data.chat_template=true",
-        f"data.max_length={args.max_length}",
-        f"model={args.mode}",
-        f"model.pretrained={Path(args.gguf).resolve()}",
+        *model_and_data(args),
         "trainer.max_steps=1",
         "trainer.enable_progress_bar=false",
         "+trainer.enable_checkpointing=false",

@@ -45,6 +45,18 @@ def bench(monkeypatch):
         logging.getLogger(name).setLevel(level)
 
 
+@pytest.fixture
+def tiny_gguf(tmp_path, monkeypatch) -> Path:
+    """A tiny GGUF model file, converted into this test's own cache."""
+    pytest.importorskip("gguf")
+    from tests.gguf_files import write_tiny_gguf
+
+    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    return path
+
+
 def table_rows(output: str) -> list[list[str]]:
     """The cells of the Markdown table rows of ``output`` (header and rule excluded)."""
     lines = [line for line in output.splitlines() if line.startswith("| ")]
@@ -246,17 +258,11 @@ def test_trl_bench_runs_this_package_alone_with_every_column(bench, capsys, tmp_
 
 
 def test_trl_bench_runs_a_real_model_from_its_gguf_with_its_chat_template(
-    bench, capsys, tmp_path, monkeypatch
+    bench, capsys, tmp_path, tiny_gguf
 ):
     """``--gguf``: the converted model and its own tokenizer, the data through its template."""
-    pytest.importorskip("gguf")
-    from tests.gguf_files import write_tiny_gguf
-
-    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "tiny.gguf"
-    write_tiny_gguf(gguf)
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
-    args = ["--data", str(data), "--gguf", str(gguf), "--steps", "4", "--systems", "ours-lora"]
+    args = ["--data", str(data), "--gguf", str(tiny_gguf), "--steps", "4", "--systems", "ours-lora"]
     bench("bench_trl").main(args)
     printed = capsys.readouterr().out
     assert "Model tiny.gguf (chat template)" in printed
@@ -265,21 +271,19 @@ def test_trl_bench_runs_a_real_model_from_its_gguf_with_its_chat_template(
     positive(row[1])  # pairs/s
 
 
-def test_trl_bench_gives_trl_conversations_its_chat_template_renders_to_our_ids(bench, tmp_path):
+def test_trl_bench_gives_trl_conversations_its_chat_template_renders_to_our_ids(
+    bench, tmp_path, tiny_gguf
+):
     """What TRL makes of the conversational records: apply_chat_template, as DPOTrainer does.
 
     The prompt rendered with the generation prompt, and prompt + each response rendered
     whole, must give exactly the pair's prompt and prompt + response ids (TRL 1.16's
     conversational tokenisation); the benchmark checks the same with TRL itself.
     """
-    pytest.importorskip("gguf")
     from lightning_dpo import PreferenceDataModule
     from lightning_dpo.pretrained import Pretrained
-    from tests.gguf_files import write_tiny_gguf
 
-    gguf = tmp_path / "tiny.gguf"
-    write_tiny_gguf(gguf)
-    tokenizer = Pretrained(tmp_path, gguf.name).load_tokenizer()
+    tokenizer = Pretrained(tiny_gguf.parent, tiny_gguf.name).load_tokenizer()
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=20)
     module = PreferenceDataModule(
         tokenizer=tokenizer, train_file=str(data), max_length=1024, chat_template=True
@@ -319,17 +323,11 @@ def test_trl_bench_names_its_systems(bench):
 
 
 def test_real_model_aligns_a_gguf_through_train_py_and_prints_its_validations(
-    bench, capsys, tmp_path, monkeypatch
+    bench, capsys, tmp_path, tiny_gguf
 ):
-    pytest.importorskip("gguf")
-    from tests.gguf_files import write_tiny_gguf
-
-    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "tiny.gguf"
-    write_tiny_gguf(gguf)
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=100)
     out = tmp_path / "align"
-    arguments = ["--gguf", str(gguf), "--data", str(data), "--out", str(out), "--steps", "2"]
+    arguments = ["--gguf", str(tiny_gguf), "--data", str(data), "--out", str(out), "--steps", "2"]
     arguments += ["--val-every", "1", "--val-pairs", "8", "--max-length", "128"]
     bench("real_model").main(arguments)
     rows = table_rows(capsys.readouterr().out)
@@ -344,17 +342,20 @@ def test_real_model_aligns_a_gguf_through_train_py_and_prints_its_validations(
 
 
 def test_real_model_compare_part_runs_bench_trl_on_the_gguf_and_keeps_its_table(
-    bench, capsys, tmp_path, monkeypatch
+    bench, capsys, tmp_path, tiny_gguf
 ):
-    pytest.importorskip("gguf")
-    from tests.gguf_files import write_tiny_gguf
-
-    monkeypatch.setenv("LIGHTNING_DPO_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "tiny.gguf"
-    write_tiny_gguf(gguf)
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
     out = tmp_path / "real"
-    arguments = ["--part", "compare", "--gguf", str(gguf), "--data", str(data), "--out", str(out)]
+    arguments = [
+        "--part",
+        "compare",
+        "--gguf",
+        str(tiny_gguf),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     bench("real_model").main([*arguments, "--steps", "4", "--systems", "ours-full,ours-lora"])
     assert "Model tiny.gguf (chat template)" in capsys.readouterr().out
     rows = table_rows((out / "compare.md").read_text())
@@ -365,14 +366,11 @@ def test_real_model_compare_part_runs_bench_trl_on_the_gguf_and_keeps_its_table(
     ]
 
 
-def test_startup_times_a_cold_and_a_warm_start_of_a_gguf_run_part_by_part(bench, capsys, tmp_path):
-    pytest.importorskip("gguf")
-    from tests.gguf_files import write_tiny_gguf
-
-    gguf = tmp_path / "tiny.gguf"
-    write_tiny_gguf(gguf)
+def test_startup_times_a_cold_and_a_warm_start_of_a_gguf_run_part_by_part(
+    bench, capsys, tmp_path, tiny_gguf
+):
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=40)
-    arguments = ["--gguf", str(gguf), "--data", str(data), "--max-length", "128"]
+    arguments = ["--gguf", str(tiny_gguf), "--data", str(data), "--max-length", "128"]
     bench("startup").main(arguments)
     rows = {row[0]: (float(row[1]), float(row[2])) for row in table_rows(capsys.readouterr().out)}
     total = rows.pop("total: process start to first step's end")

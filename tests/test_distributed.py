@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_dpo.data import PreferenceDataModule
-from lightning_dpo.reference.cache_store import compute_pair_logps
+from lightning_dpo.reference.cache_store import compute_pair_logps, read_verified_table
 from tests.helpers import PAGE, initial_policy, reference_logps, run_two_ranks
 
 pytestmark = pytest.mark.slow  # every test runs two ranks in processes of their own
@@ -73,7 +73,7 @@ def test_reference_cache_computed_by_two_ranks_is_the_single_process_one(tmp_pat
     datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4, layout="packed")
     datamodule.setup()
     initial = initial_policy()
-    written = {path.name: torch.load(path) for path in tables}
+    written = {path.name: read_verified_table(path) for path in tables}
     for split in ("train", "val"):
         single = compute_pair_logps(
             datamodule.ordered_dataloader(split), lambda b: reference_logps(initial, b)
