@@ -8,10 +8,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from typing_extensions import override
 
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
 from lightning_dpo.errors import CheckpointError
+from lightning_dpo.reference.by_address import KIND, address_state, snapshot_from_address
 from lightning_dpo.reference.cache_build import (
     PairIndexedData,
     Share,
@@ -24,7 +26,7 @@ from lightning_dpo.reference.cache_store import (
     model_fingerprint,
 )
 from lightning_dpo.reference.contract import ReferenceScoredModule, check_module
-from lightning_dpo.reference.host_snapshot import SwapMode
+from lightning_dpo.reference.host_snapshot import HostSnapshotReference, SwapMode
 from lightning_dpo.reference.node_share import NodeShare
 from lightning_dpo.reference.selection import (
     fresh_weights,
@@ -68,9 +70,11 @@ class ReferenceSwapCallback(Callback):
     reference log-probs are computed inside one swap. Other batches get one swap each.
 
     Checkpoints: the state records the reference and, for a snapshot, its weights and
-    fingerprint (one extra copy of the *trainable* parameters). A resumed run takes its
-    reference from there, never from the resumed weights; a checkpoint without that state,
-    or whose snapshot does not fit the model, is refused.
+    fingerprint (one extra copy of the *trainable* parameters), or, when the snapshot is
+    the unchanged weights of ``pretrained``, that source and the fingerprint (by address).
+    A resumed run takes its reference from there, never from the resumed weights; a
+    checkpoint without that state, whose snapshot does not fit the model, or whose source
+    no longer matches, is refused.
 
     Args:
         mode: Which reference to use, see above.
@@ -98,6 +102,12 @@ class ReferenceSwapCallback(Callback):
         share_snapshot: Under DDP with several processes per node, keep one host snapshot
             per node in shared memory (``/dev/shm``) mapped by its ranks, instead of one per
             rank (:mod:`~lightning_dpo.reference.node_share`). ``False``: one per rank.
+        pretrained: The pretrained model the policy was loaded from (``model.pretrained``).
+            When the snapshot is its unchanged weights (checked at fit start; one process,
+            no TR-DPO), checkpoints name it by address instead of holding a copy
+            (:mod:`~lightning_dpo.reference.by_address`); resume rebuilds it from there.
+        embed_snapshot: Keep the snapshot in every checkpoint even when it could be named
+            by address: for checkpoints that will move without their pretrained source.
     """
 
     def __init__(
@@ -110,6 +120,8 @@ class ReferenceSwapCallback(Callback):
         logps_cache_dir: str | None = None,
         datamodule: PairIndexedData | None = None,
         share_snapshot: bool = True,
+        pretrained: str | None = None,
+        embed_snapshot: bool = False,
     ) -> None:
         check_settings(mode, snapshot_dtype, sync_every, sync_alpha, logps_cache_dir)
         self.mode = mode
@@ -120,6 +132,9 @@ class ReferenceSwapCallback(Callback):
         self.logps_cache_dir = logps_cache_dir
         self.datamodule = datamodule
         self.share_snapshot = share_snapshot
+        self.pretrained = pretrained
+        self.embed_snapshot = embed_snapshot
+        self._address: dict[str, Any] | None = None
         #: Where the reference log-probs come from (``None`` until ``fit`` starts).
         self.source: LogpsSource | None = None
         self._scorer: ReferenceScorer | None = None
@@ -221,7 +236,8 @@ class ReferenceSwapCallback(Callback):
         """The reference's checkpoint state (snapshot weights and fingerprint, or cache keys)."""
         if self.source is None:
             return {}
-        return {**self.source.state_dict(), "last_sync_step": self._last_sync_step}
+        state = self._address if self._address is not None else self.source.state_dict()
+        return {**state, "last_sync_step": self._last_sync_step}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -262,7 +278,23 @@ class ReferenceSwapCallback(Callback):
         mode = resolve_mode(self.mode, module.policy, moving_reference=moving)
         dtype = SNAPSHOT_DTYPES[self.snapshot_dtype]
         share = self._node_share(trainer)
-        return SwapSource(fresh_weights(module.policy, mode, dtype, self.swap_mode, share))
+        weights = fresh_weights(module.policy, mode, dtype, self.swap_mode, share)
+        if self._by_address(weights, module.policy, trainer.world_size):
+            self._address = address_state(str(self.pretrained), weights, self.snapshot_dtype)
+            said = "name it by address:" if self._address else "embed it; it differs from"
+            rank_zero_info(f"Reference snapshot: checkpoints {said} {self.pretrained}")
+        return SwapSource(weights)
+
+    def _by_address(self, weights: WeightReference, policy: nn.Module, world_size: int) -> bool:
+        """Whether checkpoints may name the fresh snapshot ``weights`` by its source.
+
+        One process, a frozen reference (no TR-DPO), a host snapshot of unsharded weights,
+        a source named and not ``embed_snapshot``.
+        """
+        if self.pretrained is None or self.embed_snapshot or self.sync_every is not None:
+            return False
+        sharded = any(hasattr(param, "full_tensor") for param in policy.parameters())
+        return world_size == 1 and not sharded and isinstance(weights, HostSnapshotReference)
 
     def _node_share(self, trainer: pl.Trainer) -> NodeShare | None:
         """One host snapshot per node under DDP (``share_snapshot``), else ``None``."""
@@ -305,6 +337,13 @@ class ReferenceSwapCallback(Callback):
                 ReferenceLogpsCache(self.logps_cache_dir), state["cache_keys"]
             )
         self._last_sync_step = state.get("last_sync_step", 0)
+        if state["reference"] == KIND:
+            path = self.pretrained if self.pretrained is not None else state["source"]
+            weights = snapshot_from_address(state, path, module.policy, self.swap_mode, where)
+            rank_zero_info(f"Reference policy (snapshot) rebuilt from {path}, fingerprint checked.")
+            self._address = {**state, "source": path}
+            self._address.pop("last_sync_step", None)
+            return SwapSource(weights)
         share = self._node_share(trainer)
         weights = weights_from_state(state, module.policy, self.swap_mode, where, share)
         return SwapSource(weights)
