@@ -73,10 +73,17 @@ def test_checkpoint_names_the_source_is_smaller_and_resumes_to_the_same_referenc
     with torch.no_grad():  # the resumed weights come from the checkpoint, never from here
         for param in fresh.parameters():
             param.normal_()
-    fit(tmp_path, fresh, tokenizer, 4, recorder, ckpt_path=by_address, pretrained=source)
+    trainer, _ = fit(
+        tmp_path, fresh, tokenizer, 4, recorder, ckpt_path=by_address, pretrained=source
+    )
     assert len(recorder.batches) == 2
     for batch in recorder.batches:  # bitwise the initial model's reference log-probs
         assert torch.equal(batch[REFERENCE_LOGPS_KEY], reference_logps(initial, batch))
+    assert reference_state(saved(tmp_path, trainer, "again.ckpt"))["reference"] == KIND
+    trainer, _ = fit(
+        tmp_path, copy.deepcopy(initial), tokenizer, 4, ckpt_path=by_address, embed_snapshot=True
+    )  # resumed with the snapshot to be embedded from now on
+    assert reference_state(saved(tmp_path, trainer, "embedded_now.ckpt"))["reference"] == "snapshot"
 
 
 def test_a_source_that_changed_or_moved_is_refused_in_one_line(

@@ -341,8 +341,9 @@ class ReferenceSwapCallback(Callback):
             path = self.pretrained if self.pretrained is not None else state["source"]
             weights = snapshot_from_address(state, path, module.policy, self.swap_mode, where)
             rank_zero_info(f"Reference policy (snapshot) rebuilt from {path}, fingerprint checked.")
-            self._address = {**state, "source": path}
-            self._address.pop("last_sync_step", None)
+            if not self.embed_snapshot:  # later checkpoints name it too, unless told not to
+                self._address = {k: v for k, v in state.items() if k != "last_sync_step"}
+                self._address["source"] = path
             return SwapSource(weights)
         share = self._node_share(trainer)
         weights = weights_from_state(state, module.policy, self.swap_mode, where, share)
