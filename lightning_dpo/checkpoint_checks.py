@@ -21,17 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_dpo.errors import CheckpointError
-from lightning_dpo.integrity import FingerprintMismatch, verify_checkpoint
+from lightning_dpo.errors import CheckpointError, first_line
+from lightning_dpo.integrity import FingerprintMismatch, is_sharded, verify_checkpoint
 
 STATE_KEY = "state_dict"
 LIGHTNING_NAMES = ("last", "best", "hpc", "registry")
 """``ckpt_path`` values Lightning resolves itself."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
@@ -58,7 +53,7 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
     except Exception as error:  # whatever zipfile or torch raise for a damaged file
         raise CheckpointError(
             f"ckpt_path={os.fspath(path)} is not a complete PyTorch checkpoint (truncated by a "
-            f"full disk or a killed copy, or another kind of file): {_first_line(error)}"
+            f"full disk or a killed copy, or another kind of file): {first_line(error)}"
         ) from None
     if not isinstance(checkpoint, Mapping) or STATE_KEY not in checkpoint:
         raise CheckpointError(
@@ -109,7 +104,7 @@ def check_resumable(checkpoint: Mapping[str, Any], live: Mapping[str, Tensor], w
     Raises:
         CheckpointError: Naming the checkpoint and the first difference.
     """
-    sharded = any(hasattr(tensor, "full_tensor") for tensor in live.values())
+    sharded = any(is_sharded(tensor) for tensor in live.values())
     problem = None if sharded else model_mismatch(checkpoint.get(STATE_KEY, {}), live)
     if problem is not None:
         raise CheckpointError(

@@ -23,6 +23,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from: corrupt, incomplete or of another setup."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,

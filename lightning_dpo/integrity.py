@@ -22,10 +22,15 @@ ALGORITHM = "xxh3_128"
 _READ_CHUNK = 1 << 24
 
 
+def is_sharded(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a sharded (DTensor) tensor, whose bytes live on several ranks."""
+    return hasattr(tensor, "full_tensor")
+
+
 def _host_bytes(tensor: Tensor) -> memoryview:
     """The bytes of a tensor (a sharded one gathered whole) in host memory."""
     tensor = tensor.detach()
-    if hasattr(tensor, "full_tensor"):
+    if is_sharded(tensor):
         tensor = tensor.full_tensor()
     tensor = tensor.cpu().contiguous().reshape(-1)
     return memoryview(tensor.view(torch.uint8).numpy())
@@ -174,7 +179,7 @@ def stamp_checkpoint(checkpoint: dict[str, Any]) -> bool:
         Whether the checkpoint was stamped.
     """
     tensors = _checkpoint_tensors(checkpoint)
-    if any(hasattr(tensor, "full_tensor") for tensor in tensors.values()):
+    if any(is_sharded(tensor) for tensor in tensors.values()):
         return False
     checkpoint[CHECKPOINT_KEY] = fingerprints(tensors)
     return True

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
+from lightning_dpo.policy import load_pretrained
 from lightning_dpo.reference.host_snapshot import (
     HostSnapshotReference,
     SwapMode,
@@ -35,10 +36,11 @@ KIND = "pretrained_address"
 
 
 def source_parameters(path: str, names: Iterable[str]) -> dict[str, Tensor] | None:
-    """The weights named ``names`` of the pretrained model at ``path`` (``None``: one lacks)."""
-    from lightning_dpo.pretrained import resolve_pretrained
+    """The weights named ``names`` of the pretrained model at ``path`` (``None``: one lacks).
 
-    parameters = dict(resolve_pretrained(path).load_model().named_parameters())
+    Loaded as ``build_policy`` loads it (:func:`~lightning_dpo.policy.load_pretrained`).
+    """
+    parameters = dict(load_pretrained(path).named_parameters())
     names = list(names)
     if not set(names) <= set(parameters):
         return None

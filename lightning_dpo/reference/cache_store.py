@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_dpo.errors import first_line
 from lightning_dpo.integrity import tensor_fingerprint, tensors_fingerprint
 
 CACHE_VERSION = 1
@@ -40,11 +41,6 @@ class UnverifiedCacheError(RuntimeError):
         self.problem = problem
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def read_verified_table(path: Path) -> Tensor:
     """The table in ``path``, checked against the fingerprint saved with it.
 
@@ -55,7 +51,9 @@ def read_verified_table(path: Path) -> Tensor:
     try:
         stored = torch.load(path, weights_only=True)
     except Exception as error:  # a damaged file is reported, never trusted
-        raise UnverifiedCacheError(path, f"unreadable: {_first_line(error)}") from error
+        raise UnverifiedCacheError(
+            path, f"unreadable: {type(error).__name__}: {first_line(error)}"
+        ) from error
     if not isinstance(stored, dict) or set(stored) != {TABLE_KEY, FINGERPRINT_KEY}:
         raise UnverifiedCacheError(path, "no fingerprint saved with the table")
     table = stored[TABLE_KEY]

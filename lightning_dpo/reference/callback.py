@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
 from lightning_dpo.errors import CheckpointError
+from lightning_dpo.integrity import is_sharded
 from lightning_dpo.reference.by_address import KIND, address_state, snapshot_from_address
 from lightning_dpo.reference.cache_build import (
     PairIndexedData,
@@ -293,7 +294,7 @@ class ReferenceSwapCallback(Callback):
         """
         if self.pretrained is None or self.embed_snapshot or self.sync_every is not None:
             return False
-        sharded = any(hasattr(param, "full_tensor") for param in policy.parameters())
+        sharded = any(is_sharded(param) for param in policy.parameters())
         return world_size == 1 and not sharded and isinstance(weights, HostSnapshotReference)
 
     def _node_share(self, trainer: pl.Trainer) -> NodeShare | None:
