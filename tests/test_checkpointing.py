@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -9,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dpo.callbacks.checkpointing import LastStepCheckpoint
+from lightning_dpo.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 
 
 class PlateauModule(pl.LightningModule):
@@ -51,17 +55,26 @@ class RaiseAt(Callback):
             raise self.exception("stop here")
 
 
-def _fit(tmp_path, max_steps: int, *callbacks: Callback) -> LastStepCheckpoint:
-    checkpoint = LastStepCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max")
+def _fit(
+    tmp_path,
+    max_steps: int,
+    *callbacks: Callback,
+    checkpoint_options: dict | None = None,
+    **trainer_options,
+) -> LastStepCheckpoint:
+    checkpoint = LastStepCheckpoint(
+        dirpath=tmp_path, monitor="val/score", mode="max", **(checkpoint_options or {})
+    )
+    settings = {"val_check_interval": 2, **trainer_options}
     trainer = pl.Trainer(
         max_steps=max_steps,
-        val_check_interval=2,
         check_val_every_n_epoch=None,
         callbacks=[checkpoint, *callbacks],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        **settings,
     )
     trainer.fit(PlateauModule())
     return checkpoint
@@ -121,3 +134,86 @@ def test_a_refused_resume_leaves_the_given_last_ckpt_untouched(tmp_path):
     with pytest.raises(RuntimeError, match="refused"):
         trainer.fit(PlateauModule(), ckpt_path=tmp_path / "last.ckpt")
     assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+class LastAtBatchStart(Callback):
+    """The step ``last.ckpt`` holds when each training batch starts (``None``: no file)."""
+
+    def __init__(self, directory, clock: list[float] | None = None, minutes: float = 0.0) -> None:
+        self.path, self.clock, self.minutes = directory / "last.ckpt", clock, minutes
+        self.seen: list[int | None] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        """Read ``last.ckpt``; advance the fake clock by ``minutes``."""
+        self.seen.append(_step_of(self.path) if self.path.exists() else None)
+        if self.clock is not None:
+            self.clock[0] += 60 * self.minutes
+
+
+def test_last_ckpt_follows_the_clock_between_validations(tmp_path, monkeypatch):
+    import lightning_dpo.callbacks.checkpointing as checkpointing
+
+    clock = [0.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock[0])
+    record = LastAtBatchStart(tmp_path, clock, minutes=0.4)
+    options = {"last_every_minutes": 1.0}
+    _fit(tmp_path, 10, record, checkpoint_options=options, val_check_interval=100)
+    # 0.4 min a step: 1 minute passes at the ends of steps 3, 6 and 9 (counted from 1)
+    assert record.seen == [None, None, None, 3, 3, 3, 6, 6, 6, 9]
+    assert _step_of(tmp_path / "last.ckpt") == 10  # and the end of fit
+
+
+def test_without_a_clock_interval_last_ckpt_waits_for_validation(tmp_path):
+    record = LastAtBatchStart(tmp_path)
+    _fit(tmp_path, 6, record, val_check_interval=4)
+    assert record.seen == [None, None, None, None, 4, 4]
+
+
+def test_the_clock_interval_writes_only_between_optimizer_steps(tmp_path):
+    record = LastAtBatchStart(tmp_path)
+    options = {"last_every_minutes": 0.0}  # due at every step's end
+    checkpoint = _fit(
+        tmp_path,
+        4,
+        record,
+        checkpoint_options=options,
+        val_check_interval=100,
+        accumulate_grad_batches=2,
+    )
+    # eight micro-batches, two a step: written at the ends of steps 1-3 only, never mid-step
+    assert record.seen == [None, None, 1, 1, 2, 2, 3, 3]
+    assert checkpoint._last_step_in_last == 4
+
+
+def test_a_negative_clock_interval_is_refused():
+    with pytest.raises(ValueError, match="last_every_minutes must be >= 0 or None, got -1"):
+        LastStepCheckpoint(last_every_minutes=-1)
+
+
+def test_a_full_disk_stops_fit_once_and_keeps_last_ckpt(tmp_path, monkeypatch):
+    checkpoint = LastStepCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max")
+    settings = {
+        "val_check_interval": 2,
+        "check_val_every_n_epoch": None,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "plugins": [AtomicCheckpointIO()],
+    }
+    pl.Trainer(max_steps=2, callbacks=[checkpoint], **settings).fit(PlateauModule())
+    before = (tmp_path / "last.ckpt").read_bytes()
+    attempts: list[int] = []
+
+    def full(fd):
+        attempts.append(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    checkpoint = LastStepCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max")
+    trainer = pl.Trainer(max_steps=6, callbacks=[checkpoint], **settings)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        trainer.fit(PlateauModule(), ckpt_path=tmp_path / "last.ckpt")
+    assert len(attempts) == 1  # no second try from on_exception
+    assert (tmp_path / "last.ckpt").read_bytes() == before
+    assert [p for p in os.listdir(tmp_path) if ".partial-" in p] == []
