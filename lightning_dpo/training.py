@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_dpo.callbacks.progress import progress_bar
 from lightning_dpo.checkpoint_checks import check_checkpoint_file
 from lightning_dpo.config_types import check_types
+from lightning_dpo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,20 @@ def without_lr_monitor(callbacks: list[Callback]) -> list[Callback]:
     return kept
 
 
+def accumulation(cfg: DictConfig) -> int:
+    """``trainer.accumulate_grad_batches``, checked (Lightning passes 0 on to the data).
+
+    Raises:
+        ConfigError: It is not a positive integer.
+    """
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches: expected an integer >= 1, got {accumulate!r}"
+        )
+    return accumulate
+
+
 def trainer_arguments(cfg: DictConfig, callbacks: list[Callback]) -> dict[str, Any]:
     """What ``train.py`` adds to ``cfg.trainer``: callbacks, the progress bar, step units.
 
@@ -66,7 +81,7 @@ def trainer_arguments(cfg: DictConfig, callbacks: list[Callback]) -> dict[str, A
     if bar is not None:
         arguments["callbacks"] = [*callbacks, bar]
     interval = cfg.trainer.get("val_check_interval")
-    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+    accumulate = accumulation(cfg)
     if isinstance(interval, int) and not isinstance(interval, bool) and accumulate > 1:
         arguments["val_check_interval"] = interval * accumulate
     return arguments
@@ -74,6 +89,7 @@ def trainer_arguments(cfg: DictConfig, callbacks: list[Callback]) -> dict[str, A
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate the datamodule, module and trainer of a run config."""
+    accumulation(cfg)  # before anything slow is built
     datamodule = build_node(cfg, "data")
     policy = build_node(cfg, "model", tokenizer=datamodule.tokenizer)
     datamodule.connect(policy=policy)

@@ -398,3 +398,13 @@ def test_store_verify_quick_checks_each_store_against_its_load(bench, capsys, tm
     ]
     for row in rows:
         positive(row[2]), positive(row[3]), positive(row[4])  # check, load, their ratio
+
+
+def test_checkpoint_write_quick_times_both_writers(bench, capsys, tmp_path):
+    bench("bench_checkpoint_write").main(["--quick", "--dir", str(tmp_path)])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["Lightning TorchCheckpointIO", "AtomicCheckpointIO"]
+    for row in rows:
+        positive(row[1]), positive(row[2]), positive(row[3])  # file MiB, seconds, ratio
+    assert rows[0][3] == "1.00"
+    assert list(tmp_path.iterdir()) == []  # the written checkpoints are removed

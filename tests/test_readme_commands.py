@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from lightning_dpo.checkpoint_io import AtomicCheckpointIO
 from lightning_dpo.training import train
 from tests.helpers import CONF_DIR, FAST_OVERRIDES, LEAN_OVERRIDES, compose_train_config
 
@@ -78,6 +79,9 @@ def test_readme_trainer_example_and_callbacks_run(tmp_path, monkeypatch):
     assert 0.0 <= float(trainer.callback_metrics["val/rewards/accuracies"]) <= 1.0
     exec(compile(_block("callbacks = ["), "README.md", "exec"), namespace)
     assert len(namespace["callbacks"]) == 4
+    exec(compile(_block("AtomicCheckpointIO()"), "README.md", "exec"), namespace)
+    assert isinstance(namespace["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)
+    assert namespace["trainer"].checkpoint_callback.last_every_minutes == 30
 
 
 @pytest.mark.parametrize("model", ["full", "lora"])
@@ -100,3 +104,20 @@ def test_readme_local_gpt2_walkthrough_trains(tmp_path, monkeypatch, model):
     cfg = compose_train_config(tmp_path / "run", [*overrides, *FAST_OVERRIDES, *LEAN_OVERRIDES])
     metrics = train(cfg)
     assert "val/rewards/accuracies" in metrics
+
+
+def _bad_input_rows() -> list[str]:
+    """The rows of README's "Bad input, tried" table (group headings left out)."""
+    section = README.split("### Bad input, tried", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and "`test_" in line]
+
+
+def test_every_row_of_the_bad_input_table_names_a_test_that_exists():
+    rows = _bad_input_rows()
+    assert len(rows) >= 25
+    for row in rows:
+        found = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)
+        assert len(found) == 1, f"not one test named in: {row}"
+        file, function = found[0]
+        source = (CONF_DIR.parent / "tests" / file).read_text()
+        assert f"def {function}(" in source, f"{file} has no {function}: {row}"

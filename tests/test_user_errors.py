@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 
 from lightning_dpo.config_types import accepts, expected
 from lightning_dpo.errors import ConfigError, describe
+from lightning_dpo.output_folder import folder_problem, require_writable
 from lightning_dpo.training import build
 from tests.helpers import FAST_OVERRIDES, REPO, compose_train_config, script_env
 
@@ -56,6 +57,28 @@ def test_a_value_of_the_wrong_type_is_named_before_anything_is_built(tmp_path, o
     with pytest.raises(ConfigError) as error:
         build(cfg)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        (
+            "trainer.accumulate_grad_batches=0",
+            ConfigError,
+            "trainer.accumulate_grad_batches: expected an integer >= 1, got 0",
+        ),
+        ("data.num_workers=-1", ValueError, "data.num_workers must be >= 0, got -1"),
+        ("data.val_fraction=1.5", ValueError, "data.val_fraction must be in (0, 1), got 1.5"),
+        ("data.val_fraction=0", ValueError, "data.val_fraction must be in (0, 1), got 0"),
+    ],
+)
+def test_an_out_of_range_value_is_named_before_anything_is_built(
+    tmp_path, override, error, message
+):
+    cfg = compose_train_config(tmp_path, [*FAST_OVERRIDES, override])
+    with pytest.raises((error, InstantiationException)) as caught:
+        build(cfg)
+    assert message in describe(caught.value)
 
 
 def test_describe_unwraps_what_hydra_was_building(tmp_path):
@@ -107,3 +130,36 @@ def test_hydra_full_error_still_gives_the_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "trainer.max_steps: expected an integer, got 'abc'" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, setting):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    multirun = ["-m", "loss.beta=0.1,0.2"] if setting == "hydra.sweep.dir" else []
+    command = [sys.executable, "train.py", *multirun, f"{setting}={blocker / 'out'}"]
+    env = script_env(OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {setting}={blocker / 'out'}: the output folder cannot be written ([Errno 20] "
+        f"Not a directory: '{blocker / 'out'}'); choose another with {setting}=..."
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_output_folder_check_makes_the_folder_or_says_why_not(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    require_writable("hydra.run.dir", str(tmp_path / "new" / "run"))
+    assert (tmp_path / "new" / "run").is_dir()
+    (tmp_path / "file").write_text("")
+    assert "Not a directory" in folder_problem(tmp_path / "file" / "run")
+    with pytest.raises(SystemExit) as stopped:
+        require_writable("hydra.run.dir", str(tmp_path / "file" / "run"))
+    assert stopped.value.code == 1
+    assert "the output folder cannot be written" in capsys.readouterr().err
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(OSError, match=r"hydra\.run\.dir="):
+        require_writable("hydra.run.dir", str(tmp_path / "file" / "run"))

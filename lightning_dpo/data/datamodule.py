@@ -139,6 +139,10 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError("val_file requires train_file")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         check_on_invalid(on_invalid)
         resolve_max_prompt_length(max_length, max_prompt_length)
         self.format_options = FormatOptions(
