@@ -103,13 +103,19 @@ def remove_orphaned_partials(directory: str | os.PathLike[str]) -> list[Path]:
 
 
 def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    """Make a rename in ``directory`` durable, where the filesystem can.
+
+    Best effort: some filesystems refuse to open or sync a folder (``EINVAL``); the file
+    itself is then complete and in place, only the rename's durability is the OS's.
+    """
     try:
         handle = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(handle)
+    except OSError as error:
+        log.debug("fsync of %s refused: %s", directory, error)
     finally:
         os.close(handle)
 

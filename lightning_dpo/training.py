@@ -56,12 +56,12 @@ def without_lr_monitor(callbacks: list[Callback]) -> list[Callback]:
 
 
 def accumulation(cfg: DictConfig) -> int:
-    """``trainer.accumulate_grad_batches``, checked (Lightning passes 0 on to the data).
+    """``trainer.accumulate_grad_batches`` (unset: 1), checked (Lightning passed 0 to the data).
 
     Raises:
         ConfigError: It is not a positive integer.
     """
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches: expected an integer >= 1, got {accumulate!r}"
