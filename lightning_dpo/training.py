@@ -61,7 +61,9 @@ def accumulation(cfg: DictConfig) -> int:
     Raises:
         ConfigError: It is not a positive integer.
     """
-    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1
+    accumulate = cfg.trainer.get("accumulate_grad_batches")
+    if accumulate is None:
+        return 1
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches: expected an integer >= 1, got {accumulate!r}"
