@@ -47,7 +47,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
 from lightning_dpo.batch import SCORE_LENGTHS_KEY
-from lightning_dpo.data.layouts import pair_tokens
+from lightning_dpo.layouts.rows import pair_tokens
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import ReferenceSwapCallback
 

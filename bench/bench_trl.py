@@ -91,10 +91,10 @@ from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.data.conversations import dialogue_pair
 from lightning_dpo.data.formats import FormatOptions, implicit_texts
-from lightning_dpo.data.layouts import lay_out, pair_tokens
 from lightning_dpo.data.sources import read_rows
-from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.layouts.rows import lay_out, pair_tokens
+from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.pretrained import resolve_pretrained
 from lightning_dpo.reference import ReferenceSwapCallback
 

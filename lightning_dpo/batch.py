@@ -1,7 +1,7 @@
 """The batch contract between the data, the reference callback and the module.
 
 One batch holds ``B`` preference pairs laid out in rows by one of the layouts of
-:mod:`lightning_dpo.data.layouts` (``padded``: ``2B`` rows, chosen rows first;
+:mod:`lightning_dpo.layouts.rows` (``padded``: ``2B`` rows, chosen rows first;
 ``prefix_shared``: a row per pair; ``packed``: several pairs per row). Whatever the
 layout, the scored tokens are listed the same way, sequence by sequence: sequences
 ``0..B-1`` are the chosen responses of the pairs, ``B..2B-1`` the rejected ones, in the same

@@ -26,8 +26,8 @@ from omegaconf import DictConfig, open_dict
 
 from lightning_dpo import PreferenceLoss, PreferenceModule
 from lightning_dpo.data import PreferenceDataModule, build_byte_tokenizer, build_char_tokenizer
-from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.losses import PairLogps
+from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import eval_mode
 from lightning_dpo.scoring import (

@@ -15,8 +15,8 @@ import torch
 import transformers
 
 from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.layouts import pack_rows
-from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.layouts.rows import pack_rows
+from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring import sequence_logps
 from tests.helpers import TINY_CONFIGS, VOCAB, build_model, random_pairs, small_datamodule
 

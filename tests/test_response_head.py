@@ -11,6 +11,7 @@ import transformers
 
 from lightning_dpo import PreferenceLoss, PreferenceModule
 from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.layouts import masks as mask_module
 from lightning_dpo.policy import add_lora
 from lightning_dpo.scoring import (
     head_unsupported,
@@ -18,7 +19,6 @@ from lightning_dpo.scoring import (
     response_head_unsupported,
     sequence_logps,
 )
-from lightning_dpo.scoring import masks as mask_module
 from tests.helpers import VOCAB, build_model, random_pairs
 
 

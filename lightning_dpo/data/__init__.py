@@ -12,10 +12,11 @@ from lightning_dpo.data.report import SplitStats
 from lightning_dpo.data.sort_task import generate_sort_splits, generate_sort_task
 from lightning_dpo.data.sources import read_rows
 from lightning_dpo.data.splits import split_by_prompt
-from lightning_dpo.data.tokenization import TokenizedPair, tokenize_record, tokenize_records
+from lightning_dpo.data.tokenization import tokenize_record, tokenize_records
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport
 from lightning_dpo.data.windows import WindowedDataLoader
+from lightning_dpo.pairs import TokenizedPair
 
 __all__ = [
     "DataValidationError",

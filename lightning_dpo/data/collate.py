@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_dpo.data.layouts import lay_out
-from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.layouts.rows import lay_out
+from lightning_dpo.pairs import TokenizedPair
 
 
 def _rewards(pairs: Sequence[TokenizedPair]) -> dict[str, Tensor]:
@@ -56,7 +56,7 @@ def collate_pairs(
       ``(fingerprint, pair_index)`` keys a pair across runs (e.g. cached reference log-probs).
 
     ``prefix_shared`` and ``packed`` batches carry ``position_ids``, ``pair_slots`` and
-    ``branches`` instead of the two masks (:mod:`lightning_dpo.data.layouts`).
+    ``branches`` instead of the two masks (:mod:`lightning_dpo.layouts.rows`).
 
     Args:
         pairs: Tokenised pairs (at least one).

@@ -12,15 +12,16 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
 from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
-from lightning_dpo.data.layouts import LAYOUTS
 from lightning_dpo.data.loaders import pair_loader
 from lightning_dpo.data.preparation import read_splits, tokenize_split
 from lightning_dpo.data.report import SplitStats, announce
 from lightning_dpo.data.requirements import require_pair_fields
 from lightning_dpo.data.sources import resolve_train_source
-from lightning_dpo.data.tokenization import TokenizedPair, resolve_max_prompt_length
+from lightning_dpo.data.tokenization import resolve_max_prompt_length
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport, check_on_invalid
+from lightning_dpo.layouts.rows import LAYOUTS
+from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.probes import resolve_layout
 
 
@@ -91,7 +92,7 @@ class PreferenceDataModule(L.LightningDataModule):
             collate the training batches ``k`` at a time (the same batches, in the same
             order), so that ``ReferenceSwapCallback`` computes the reference log-probs of a
             whole optimizer step in one swap.
-        layout: How a batch is laid out in rows (:mod:`lightning_dpo.data.layouts`):
+        layout: How a batch is laid out in rows (:mod:`lightning_dpo.layouts.rows`):
             ``"padded"``, ``"prefix_shared"``, ``"packed"``, or ``"auto"``: the fastest one
             that is exact on the policy (probed when the policy is connected, see
             :meth:`connect`).

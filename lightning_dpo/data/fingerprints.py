@@ -10,7 +10,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.records import PreferenceRecord
-from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.pairs import TokenizedPair
 
 #: Bumped whenever the tokenised layout (BOS, EOS, truncation) changes meaning.
 #: 2: over-long prompts are cut (not refused); empty responses are kept as EOS alone.

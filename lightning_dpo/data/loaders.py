@@ -9,9 +9,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.layouts import pair_tokens
-from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.layouts.rows import pair_tokens
+from lightning_dpo.pairs import TokenizedPair
 
 
 def pair_loader(

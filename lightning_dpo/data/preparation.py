@@ -15,8 +15,9 @@ from lightning_dpo.data.report import SplitStats, split_stats
 from lightning_dpo.data.sort_task import generate_sort_splits
 from lightning_dpo.data.splits import split_by_prompt
 from lightning_dpo.data.token_cache import cached_encodings
-from lightning_dpo.data.tokenization import TokenizedPair, build_pairs
+from lightning_dpo.data.tokenization import build_pairs
 from lightning_dpo.data.validation import SkipReport, apply_policy
+from lightning_dpo.pairs import TokenizedPair
 
 Records = list[PreferenceRecord]
 

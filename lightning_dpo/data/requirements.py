@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import fields as dataclass_fields
 
 from lightning_dpo.data.records import DataValidationError, format_location
-from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.pairs import TokenizedPair
 
 PAIR_FIELDS = frozenset(f.name for f in dataclass_fields(TokenizedPair))
 

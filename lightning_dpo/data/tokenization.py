@@ -9,40 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.records import PreferenceRecord, format_location
 from lightning_dpo.data.validation import RecordProblem, apply_policy
-
-
-@dataclass(frozen=True)
-class TokenizedPair:
-    """Token ids of one preference pair; the prompt/response boundary is exact.
-
-    Attributes:
-        prompt_ids: Prompt tokens, as the tokenizer (or chat template) makes them: BOS
-            first where the tokenizer adds one.
-        chosen_ids: Chosen response tokens, ending with EOS (or the chat template's
-            end-of-turn) unless truncated away.
-        rejected_ids: Rejected response tokens, likewise.
-        chosen_reward: Reward of the chosen response, if any.
-        rejected_reward: Reward of the rejected response, if any.
-        source: Where the record came from.
-        line: 1-based line in ``source`` (``None`` for generated records).
-        index: Position of the pair in its split's tokenised dataset (set by the data
-            module; collated into ``pair_index``), or ``None``.
-    """
-
-    prompt_ids: tuple[int, ...]
-    chosen_ids: tuple[int, ...]
-    rejected_ids: tuple[int, ...]
-    chosen_reward: float | None = None
-    rejected_reward: float | None = None
-    source: str = "<generated>"
-    line: int | None = None
-    index: int | None = None
-
-    @property
-    def has_rewards(self) -> bool:
-        """Whether both rewards are set."""
-        return self.chosen_reward is not None and self.rejected_reward is not None
-
+from lightning_dpo.pairs import TokenizedPair
 
 #: Token ids of one record's texts as tokenised, before any cut: ``(prompt, chosen, rejected)``.
 Encoding = tuple[list[int], list[int], list[int]]

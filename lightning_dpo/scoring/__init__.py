@@ -2,8 +2,6 @@
 
 - :mod:`~lightning_dpo.scoring.sequences`: the forward, the scored tokens, the sums per
   sequence (LD-DPO and WPO weights on the way), split into pairs.
-- :mod:`~lightning_dpo.scoring.masks`: the attention mask a shared row needs, in the form
-  the model's attention implementation reads.
 - :mod:`~lightning_dpo.scoring.head`: the response-only LM head (label log-probs at the
   scored positions, in chunks, logits recomputed in backward).
 - :mod:`~lightning_dpo.scoring.label_logps`: the plain path from materialised logits.

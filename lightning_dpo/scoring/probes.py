@@ -15,11 +15,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_dpo.data.layouts import LAYOUTS, lay_out
-from lightning_dpo.data.tokenization import TokenizedPair
 from lightning_dpo.eval_mode import eval_mode
+from lightning_dpo.layouts.masks import mask_unsupported
+from lightning_dpo.layouts.rows import LAYOUTS, lay_out
+from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.head import head_unsupported
-from lightning_dpo.scoring.masks import mask_unsupported
 from lightning_dpo.scoring.sequences import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
 
 FASTEST_LAYOUT = "packed"

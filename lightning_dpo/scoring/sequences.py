@@ -1,6 +1,6 @@
 """Per-sequence log-probs of a laid-out batch: one forward, the scored tokens, their sums.
 
-Whatever the layout (:mod:`lightning_dpo.data.layouts`), a batch lists its scored tokens
+Whatever the layout (:mod:`lightning_dpo.layouts.rows`), a batch lists its scored tokens
 sequence by sequence (:mod:`lightning_dpo.batch`): the ``2B`` responses, chosen first. One
 forward of the policy gives each scored token's log-prob, through the response-only head
 (:mod:`lightning_dpo.scoring.head`) or the model's own logits, and the tokens are summed per
@@ -27,10 +27,10 @@ from lightning_dpo.batch import (
     SCORE_POSITIONS_KEY,
     SCORE_SEQUENCES_KEY,
 )
+from lightning_dpo.layouts.masks import forward_inputs
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.scoring.head import response_head
 from lightning_dpo.scoring.label_logps import token_logps, wpo_terms
-from lightning_dpo.scoring.masks import forward_inputs
 
 DEFAULT_LOGPS_CHUNK_SIZE = 64
 """Positions scored at a time by default (``PreferenceModule(logps_chunk_size=...)``)."""
@@ -176,7 +176,7 @@ def sequence_logps(
 
     Args:
         model: A causal LM (``transformers`` model or a peft wrapper of one).
-        batch: A laid-out batch (any layout of :mod:`lightning_dpo.data.layouts`), or a
+        batch: A laid-out batch (any layout of :mod:`lightning_dpo.layouts.rows`), or a
             padded one with ``input_ids``, ``attention_mask`` and ``loss_mask`` only.
         ld_alpha: LD-DPO weight of the tokens past the shorter response of each pair;
             ``None`` sums them plainly.

@@ -17,7 +17,7 @@ each response token, the flat position (``row * width + column``) of the hidden 
 predicts it, its id, its sequence (``0..2B-1``, chosen first) and its index in its
 response. ``prefix_shared`` and ``packed`` rows also carry the position ids and, per
 token, its pair's slot and branch (prompt, chosen, rejected), from which
-:mod:`lightning_dpo.scoring.masks` builds the attention mask the model needs.
+:mod:`lightning_dpo.layouts.masks` builds the attention mask the model needs.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lightning_dpo.batch import (
     SCORE_POSITIONS_KEY,
     SCORE_SEQUENCES_KEY,
 )
-from lightning_dpo.data.tokenization import TokenizedPair
+from lightning_dpo.pairs import TokenizedPair
 
 LAYOUTS: tuple[str, ...] = ("auto", "padded", "prefix_shared", "packed")
 """The ``data.layout`` choices; ``auto`` is the fastest exact one the model supports."""
