@@ -157,7 +157,7 @@ class ResidentReferenceCallback(Callback):
         """Run the second model on the batch."""
         assert self.reference is not None
         with torch.no_grad():
-            logps = sequence_logps(self.reference, batch, response_only=pl_module.response_only)
+            logps = sequence_logps(self.reference, batch, pl_module.plan)
         batch[REFERENCE_LOGPS_KEY] = logps.sums
 
 

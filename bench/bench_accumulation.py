@@ -318,6 +318,7 @@ def check_reference_logps(size: str, runs: dict[str, Run], accumulate: int) -> i
                     f"{first.configuration.name}'s: windows must not change the numbers"
                 )
     initial, trained = build_module(SWAP_COPY, size), first.module
+    initial.plan = trained.plan  # the same model's plan: the batches' layout
     second_step = first.probe.batches[accumulate:]
     if not all(torch.equal(b[REFERENCE_LOGPS_KEY], logps(initial, b)) for b in second_step):
         raise RuntimeError(

@@ -19,7 +19,7 @@ from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.losses import PairLogps, dpo_loss
 from lightning_dpo.policy import build_tiny_llama
 from lightning_dpo.reference import HostSnapshotReference, reference_context
-from lightning_dpo.scoring import sequence_logps
+from lightning_dpo.scoring import ScoringPlan, sequence_logps
 
 SIZES = {
     "tiny (h64, 2 layers)": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2},
@@ -43,7 +43,7 @@ SIZES = {
 def pair_logps(snapshot, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) reference log-probs of a batch through ``snapshot``."""
     with reference_context(snapshot, model):
-        sums = sequence_logps(model, batch).sums
+        sums = sequence_logps(model, batch, ScoringPlan.unprobed(model)).sums
     return sums.chunk(2)
 
 

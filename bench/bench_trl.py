@@ -365,6 +365,7 @@ def run_ours(system: System, directory: Path, pairs, args, clock: StepClock) -> 
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, layout=system.layout)
     loader = PlannedDataLoader(pairs, plan, collate)
     trainer = build_trainer(args.steps, [LightningClock(clock), ReferenceSwapCallback()], "cpu")
+    module.plan_scoring(system.layout)  # its own loader: the module is told the layout
     initial = adapter_hash(model)
     trainer.fit(module, train_dataloaders=loader)
     return initial

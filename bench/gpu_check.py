@@ -40,7 +40,7 @@ from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import HostSnapshotReference, reference_context
 from lightning_dpo.reference.adapters import AdapterDisabledReference
-from lightning_dpo.scoring import pair_logps, sequence_logps
+from lightning_dpo.scoring import ScoringPlan, pair_logps, sequence_logps
 
 SIZES_1B = {"1B": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 18}}
 """A ~1B Llama (32k vocabulary, 16 heads): the second size of row 3."""
@@ -120,9 +120,11 @@ def dpo_step(policy, reference, data, optimizer, resident=None) -> float:
 
     With ``resident`` (a second, frozen model) the reference is that model instead.
     """
+    scorer = resident or policy
     with reference_context(reference, policy):
-        ref = sequence_logps(resident or policy, data, response_only=True).sums
-    logps = pair_logps(sequence_logps(policy, data, response_only=True), ref)
+        ref = sequence_logps(scorer, data, ScoringPlan.unprobed(scorer, "packed", True)).sums
+    plan = ScoringPlan.unprobed(policy, "packed", True)  # every caller passes packed batches
+    logps = pair_logps(sequence_logps(policy, data, plan), ref)
     loss = PreferenceLoss("dpo")(logps).losses.mean()
     loss.backward()
     optimizer.step()
@@ -139,7 +141,7 @@ def share_row(size: str, device: torch.device, quick: bool) -> list[str]:
 
     def forward_only() -> None:
         with reference_context(reference, policy):
-            sequence_logps(policy, data, response_only=True)
+            sequence_logps(policy, data, ScoringPlan.unprobed(policy, "packed", True))
 
     step = timed(lambda: dpo_step(policy, reference, data, optimizer), device, 3)
     bracket = timed(forward_only, device, 3)
@@ -196,10 +198,11 @@ def layout_rows(device: torch.device, quick: bool) -> list[list[str]]:
     policy = model("100M", device, quick).eval()
     batches = batch(device, policy.config.vocab_size)
     with torch.no_grad():
-        plain = sequence_logps(policy, batches["padded"], chunk_size=None).sums
+        plain_plan = ScoringPlan.unprobed(policy, "padded", chunk_size=None)
+        plain = sequence_logps(policy, batches["padded"], plain_plan).sums
         rows = []
         for layout, data in batches.items():
-            ours = sequence_logps(policy, data, response_only=True).sums
+            ours = sequence_logps(policy, data, ScoringPlan.unprobed(policy, layout, True)).sums
             difference = float((ours - plain).abs().max())
             name = f"{layout} + response-only head, fp32"
             rows.append([name, f"{difference:.1e}", "largest difference from padded plain"])

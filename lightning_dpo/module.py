@@ -14,14 +14,17 @@ from torchmetrics import MeanMetric
 
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY
 from lightning_dpo.checkpoint_checks import check_resumable
+from lightning_dpo.data.datamodule import PreferenceDataModule
 from lightning_dpo.integrity import stamp_checkpoint
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 from lightning_dpo.metrics import METRIC_NAMES, metric_values
 from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
+    ScoringPlan,
     SequenceLogps,
+    check_chunk_size,
     pair_logps,
-    response_head_unsupported,
+    resolve_plan,
     sequence_logps,
 )
 
@@ -49,9 +52,13 @@ class PreferenceModule(pl.LightningModule):
         response_head: Score through the response-only LM head
             (:mod:`lightning_dpo.scoring.head`: the head's logits only at the response
             tokens, a chunk at a time, recomputed in backward) where it is exact on the
-            policy (probed once, in ``setup``, or at the first forward outside a Trainer;
-            otherwise the reason is logged and the model's own logits are scored).
-            ``False``: always the model's logits.
+            policy (probed once, with the layout: :meth:`plan_scoring`; otherwise the
+            reason is logged and the model's own logits are scored). ``False``: always the
+            model's logits.
+
+    The :class:`~lightning_dpo.scoring.ScoringPlan` (layout, head, chunk size) is decided
+    once: by ``train.py`` where it builds the objects (:meth:`plan_scoring`, then
+    :meth:`connect` on the data module), or in :meth:`setup` under a Trainer of your own.
     """
 
     def __init__(
@@ -64,11 +71,7 @@ class PreferenceModule(pl.LightningModule):
         response_head: bool = True,
     ) -> None:
         super().__init__()
-        if logps_chunk_size is not None and logps_chunk_size < 1:
-            raise ValueError(
-                f"logps_chunk_size must be a positive number of positions or None, "
-                f"got {logps_chunk_size}"
-            )
+        check_chunk_size(logps_chunk_size)
         if not isinstance(loss, PreferenceLoss):
             raise TypeError(f"loss must be a PreferenceLoss, got {type(loss).__name__}")
         self.policy = policy
@@ -77,7 +80,8 @@ class PreferenceModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.logps_chunk_size = logps_chunk_size
         self.response_head = response_head
-        self._response_only: bool | None = None
+        #: How batches are laid out and scored (:meth:`plan_scoring`), ``None`` until decided.
+        self.plan: ScoringPlan | None = None
         self._policy_sharded = False
         self._last_finite: tuple[int, Tensor, Tensor] | None = None
         self._said_unstamped = False
@@ -104,18 +108,36 @@ class PreferenceModule(pl.LightningModule):
         fully_shard(self.policy, mesh=data_parallel)
         self._policy_sharded = True
 
-    def setup(self, stage: str) -> None:
-        """Probe the response-only head, and check the data carries what the loss needs.
+    def plan_scoring(self, layout: str = "auto") -> ScoringPlan:
+        """Probe the policy once and keep its scoring plan (see :func:`resolve_plan`).
 
-        Runs before the strategy places or shards the policy, so the probe's forwards see
-        the plain model.
+        Args:
+            layout: The layout the data asks for (``data.layout``: ``auto`` or a name).
+
+        Returns:
+            The plan, also kept as :attr:`plan`; hand it to the data module
+            (:meth:`PreferenceDataModule.connect`).
         """
-        _ = self.response_only
-        if not self.loss.requires_rewards or self._trainer is None:
-            return
-        datamodule = self.trainer.datamodule
-        if datamodule is not None and hasattr(datamodule, "require_fields"):
-            datamodule.require_fields(REWARD_FIELDS, reason=f"by loss {self.loss!r}")
+        self.plan = resolve_plan(self.policy, layout, self.response_head, self.logps_chunk_size)
+        return self.plan
+
+    def setup(self, stage: str) -> None:
+        """Decide the scoring plan if not yet decided; check the data has what the loss needs.
+
+        Under a Trainer of your own the plan is decided here, against the layout the
+        :class:`~lightning_dpo.data.PreferenceDataModule` asks for, and handed to it (with
+        data loaders of your own: ``padded``, or call :meth:`plan_scoring` with their layout
+        before ``fit``). Runs before the strategy places or shards the policy, so the
+        probe's forwards see the plain model.
+        """
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        ours = datamodule if isinstance(datamodule, PreferenceDataModule) else None
+        if self.plan is None:
+            self.plan_scoring(ours.requested_layout if ours is not None else "padded")
+        if ours is not None:  # each fit: a data module may serve several modules in turn
+            ours.connect(plan=self.plan)
+        if self.loss.requires_rewards and ours is not None:
+            ours.require_fields(REWARD_FIELDS, reason=f"by loss {self.loss!r}")
 
     @property
     def reference_free(self) -> bool:
@@ -134,35 +156,17 @@ class PreferenceModule(pl.LightningModule):
             batch: The collated batch, in any layout.
             wpo_weights: Also compute WPO's per-sequence log-weights (the policy forward only).
         """
+        plan = self.plan if self.plan is not None else self.plan_scoring("padded")
         return sequence_logps(
-            self.policy,
-            batch,
-            ld_alpha=self.loss.ld_alpha,
-            wpo_weights=wpo_weights,
-            chunk_size=self.logps_chunk_size,
-            response_only=self.response_only,
+            self.policy, batch, plan, ld_alpha=self.loss.ld_alpha, wpo_weights=wpo_weights
         )
-
-    @property
-    def response_only(self) -> bool:
-        """Whether the response-only head scores the policy (probed at first use)."""
-        if self._response_only is None:
-            reason = None
-            if self.response_head and self.logps_chunk_size is not None:
-                reason = response_head_unsupported(self.policy)
-                if reason is not None:
-                    rank_zero_info(f"Response-only LM head off: {reason}; scoring the logits.")
-                else:
-                    rank_zero_info("Response-only LM head: on (exact on this model: probed).")
-            self._response_only = bool(self.response_head and self.logps_chunk_size) and not reason
-        return self._response_only
 
     def logps_settings(self) -> dict[str, float | bool | None]:
         """What, besides weights and data, changes the reference log-probs (cache key)."""
         return {
             "ld_alpha": self.loss.ld_alpha,
             "logps_chunk_size": self.logps_chunk_size,
-            "response_head": self.response_only,
+            "response_head": self.plan is not None and self.plan.response_only,
         }
 
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[LossOutput, PairLogps]:

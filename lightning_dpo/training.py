@@ -94,8 +94,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     accumulation(cfg)  # before anything slow is built
     datamodule = build_node(cfg, "data")
     policy = build_node(cfg, "model", tokenizer=datamodule.tokenizer)
-    datamodule.connect(policy=policy)
     module = build_node(cfg, "module", policy=policy, loss=build_node(cfg, "loss"))
+    datamodule.connect(plan=module.plan_scoring(datamodule.requested_layout))  # probed once
     named = instantiate_group(cfg, "callbacks")
     connect_callbacks(named, datamodule)
     loggers: list[Logger] = list(instantiate_group(cfg, "logger").values())

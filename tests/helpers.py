@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from lightning_dpo import PreferenceLoss, PreferenceModule
+from lightning_dpo.batch import PAIR_SLOTS_KEY
 from lightning_dpo.data import PreferenceDataModule, build_byte_tokenizer, build_char_tokenizer
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.pairs import TokenizedPair
@@ -32,6 +33,7 @@ from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import eval_mode
 from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
+    ScoringPlan,
     response_head_unsupported,
     sequence_logps,
 )
@@ -304,9 +306,22 @@ def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     response_only = response_head_unsupported(model) is None
     with torch.no_grad(), eval_mode(model):
-        return sequence_logps(
-            model, batch, chunk_size=DEFAULT_LOGPS_CHUNK_SIZE, response_only=response_only
-        ).sums
+        return sequence_logps(model, batch, plan_for(model, batch, response_only)).sums
+
+
+def plan_for(
+    model,
+    batch: dict,
+    response_only: bool = False,
+    chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
+) -> ScoringPlan:
+    """A hand-made scoring plan for ``batch`` as laid out (the test knows the layout it built).
+
+    ``prefix_shared`` and ``packed`` batches score alike (the mask comes from the batch's
+    slots and branches), so a shared batch is planned as ``packed``.
+    """
+    layout = "packed" if PAIR_SLOTS_KEY in batch else "padded"
+    return ScoringPlan.unprobed(model, layout, response_only, chunk_size)
 
 
 # --- composed Hydra configs -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.helpers import (
     LEAN_OVERRIDES,
     build_model,
     compose_train_config,
+    plan_for,
     random_pairs,
 )
 
@@ -47,7 +48,7 @@ def policy(checkpointing: bool, lora: bool) -> torch.nn.Module:
 
 def logps_and_grads(model, batch, response_only: bool):
     torch.manual_seed(1)
-    out = sequence_logps(model, batch, chunk_size=4, response_only=response_only)
+    out = sequence_logps(model, batch, plan_for(model, batch, response_only, 4))
     (out.sums * torch.linspace(-1, 1, out.sums.shape[0])).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.sums.detach(), grads

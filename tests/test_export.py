@@ -15,7 +15,7 @@ from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallbac
 from lightning_dpo.callbacks.export import BASE_MODEL_SUBDIR, HFExportCallback
 from lightning_dpo.reference import HostSnapshotReference, reference_context
 from lightning_dpo.scoring import sequence_logps
-from tests.helpers import make_bare_trainer, small_datamodule
+from tests.helpers import make_bare_trainer, plan_for, small_datamodule
 
 
 def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):
@@ -36,7 +36,7 @@ def fit_with_export(tmp_path, policy, merge_lora=False, steps=4):
 
 def logps(model, batch):
     with torch.no_grad():
-        return sequence_logps(model.eval(), batch).sums
+        return sequence_logps(model.eval(), batch, plan_for(model, batch)).sums
 
 
 def val_batch(datamodule):

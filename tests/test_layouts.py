@@ -17,8 +17,15 @@ import transformers
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.layouts.rows import pack_rows
 from lightning_dpo.pairs import TokenizedPair
-from lightning_dpo.scoring import sequence_logps
-from tests.helpers import TINY_CONFIGS, VOCAB, build_model, random_pairs, small_datamodule
+from lightning_dpo.scoring import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
+from tests.helpers import (
+    TINY_CONFIGS,
+    VOCAB,
+    build_model,
+    plan_for,
+    random_pairs,
+    small_datamodule,
+)
 
 MODELS = {
     "llama": {},
@@ -41,7 +48,8 @@ def scored(model, pairs, layout, head, grad=False, **options):
     batch = collate_pairs(pairs, 0, layout)
     model.zero_grad()
     with torch.set_grad_enabled(grad):
-        out = sequence_logps(model, batch, response_only=head, **options)
+        chunk = options.pop("chunk_size", DEFAULT_LOGPS_CHUNK_SIZE)
+        out = sequence_logps(model, batch, plan_for(model, batch, head, chunk), **options)
     if not grad:
         return out, None
     weights = torch.linspace(-1.0, 1.0, out.sums.shape[0])  # a loss that weighs each row
@@ -172,7 +180,7 @@ def test_response_head_never_builds_the_full_logits():
     batch = collate_pairs(random_pairs(6), 0, "packed")
     scored_tokens = batch["score_positions"].numel()
     with WidestVocabTensor() as spy:
-        out = sequence_logps(model, batch, response_only=True, chunk_size=chunk)
+        out = sequence_logps(model, batch, plan_for(model, batch, True, chunk))
         out.sums.sum().backward()
     assert scored_tokens > 4 * chunk
     assert spy.rows <= chunk

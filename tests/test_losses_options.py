@@ -29,7 +29,7 @@ from lightning_dpo.losses import (
     sigmoid_norm_loss,
     wpo_weights,
 )
-from lightning_dpo.scoring import ld_token_weights, scored_tokens, sequence_logps
+from lightning_dpo.scoring import ScoringPlan, ld_token_weights, scored_tokens, sequence_logps
 from tests.helpers import LN2, LN3, close, make_logps, t
 
 
@@ -150,6 +150,10 @@ def test_wpo_without_weights_says_what_is_missing() -> None:
         PreferenceLoss("dpo", use_weighting=True)(make_logps(pc=[-1.0], pr=[-2.0]))
 
 
+PADDED = ScoringPlan("padded", chunk_size=None)
+"""The plain path on padded rows, for the hand-built batches below."""
+
+
 class FixedLogits(torch.nn.Module):
     """A 'causal LM' whose next-token distribution is the same at every position."""
 
@@ -181,10 +185,10 @@ def test_wpo_log_weights_from_the_token_distribution() -> None:
     """
     for token, expected in ((0, math.log(1.5)), (1, -LN2)):
         out = sequence_logps(
-            FixedLogits([0.5, 1 / 6, 1 / 6, 1 / 6]), two_rows(3, 2, token), wpo_weights=True
+            FixedLogits([0.5, 1 / 6, 1 / 6, 1 / 6]), two_rows(3, 2, token), PADDED, wpo_weights=True
         )
         close(out.wpo_log_weights, [expected, expected], atol=1e-6)
-    uniform = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 2), wpo_weights=True)
+    uniform = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 2), PADDED, wpo_weights=True)
     close(uniform.wpo_log_weights, [0.0, 0.0], atol=1e-6)
 
 
@@ -201,7 +205,7 @@ def test_ld_alpha_sums_and_plain_sums() -> None:
     Uniform p = 1/4: every token is -ln 4. Chosen 3 tokens: -3 ln 4 either way; rejected 5
     tokens: plain -5 ln 4, LD -(3 + 2 * 1/2) ln 4 = -4 ln 4.
     """
-    out = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 5), ld_alpha=0.5)
+    out = sequence_logps(FixedLogits([0.25] * 4), two_rows(3, 5), PADDED, ld_alpha=0.5)
     ln4 = math.log(4.0)
     close(out.sums, [-3 * ln4, -4 * ln4], atol=1e-6)
     close(out.plain_sums, [-3 * ln4, -5 * ln4], atol=1e-6)

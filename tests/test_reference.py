@@ -14,10 +14,11 @@ from lightning_dpo.reference import (
     reference_context,
 )
 from lightning_dpo.scoring import sequence_logps
+from tests.helpers import plan_for
 
 
 def _logps(model, batch):
-    return sequence_logps(model, batch)
+    return sequence_logps(model, batch, plan_for(model, batch))
 
 
 def _state(model):
@@ -199,7 +200,7 @@ def test_chunked_token_logps_equal_the_plain_log_softmax(chunk_size):
 
 def test_chunked_sequence_logps_equal_plain_on_a_model(tiny_policy, batch):
     with torch.no_grad():
-        plain = sequence_logps(tiny_policy.eval(), batch, chunk_size=None)
-        chunked = sequence_logps(tiny_policy, batch, chunk_size=5)
+        plain = sequence_logps(tiny_policy.eval(), batch, plan_for(tiny_policy, batch, False, None))
+        chunked = sequence_logps(tiny_policy, batch, plan_for(tiny_policy, batch, False, 5))
     torch.testing.assert_close(chunked.sums, plain.sums, rtol=1e-6, atol=1e-5)
     assert torch.equal(chunked.token_counts, plain.token_counts)

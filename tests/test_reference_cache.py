@@ -68,8 +68,9 @@ def _fit(tmp_path, policy, tokenizer, cache_dir, max_steps=3, **data):
     reference = ReferenceSwapCallback(logps_cache_dir=str(cache_dir))
     recorder = RecordBatches()
     module, datamodule = dpo_module(policy), small_datamodule(tokenizer, **data)
-    datamodule.connect(policy=policy)  # as train.py: the layout and head probes run here,
-    assert module.response_only  # before the forwards are counted
+    # as train.py: the layout and head probes run here, before the forwards are counted
+    datamodule.connect(plan=module.plan_scoring(datamodule.requested_layout))
+    assert module.plan.response_only
     forwards = {"n": 0}
     handle = policy.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
     trainer = make_bare_trainer(tmp_path, [reference, recorder], max_steps=max_steps)

@@ -19,12 +19,12 @@ from lightning_dpo.scoring import (
     response_head_unsupported,
     sequence_logps,
 )
-from tests.helpers import VOCAB, build_model, random_pairs
+from tests.helpers import VOCAB, build_model, plan_for, random_pairs
 
 
 def sums_and_grads(model, batch, head: bool):
     model.zero_grad()
-    out = sequence_logps(model, batch, response_only=head, chunk_size=4)
+    out = sequence_logps(model, batch, plan_for(model, batch, head, 4))
     (out.sums * torch.linspace(-1, 1, out.sums.shape[0])).sum().backward()
     grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
     return out.sums.detach(), torch.cat(grads)
@@ -52,7 +52,7 @@ def test_an_adapted_head_falls_back_and_says_why(tiny_policy, caplog):
     assert "adapted or wrapped" in head_unsupported(adapted)
     module = PreferenceModule(adapted, PreferenceLoss("dpo"), partial(torch.optim.SGD, lr=0.1))
     with caplog.at_level(logging.INFO):
-        assert module.response_only is False
+        assert module.plan_scoring().response_only is False
     assert "Response-only LM head off: its LM head is a" in caplog.text
 
 

@@ -50,3 +50,39 @@ def test_shared_helpers_come_only_from_helpers_py():
         for path in TESTS.rglob("*.py")
     }
     assert {path: modules for path, modules in offenders.items() if modules} == {}
+
+
+PACKAGE = TESTS.parent / "lightning_dpo"
+FLOORS = {
+    **dict.fromkeys(("batch", "pairs", "eval_mode", "integrity"), 0),
+    **dict.fromkeys(("layouts", "losses", "pretrained"), 1),
+    **dict.fromkeys(("scoring", "metrics", "policy"), 2),
+    "data": 3,
+    "errors": 4,
+    **dict.fromkeys(("config_types", "checkpoint_checks", "checkpoint_io", "output_folder"), 5),
+    "reference": 6,
+    **dict.fromkeys(("module", "callbacks"), 7),
+    **dict.fromkeys(("training", "sweep_summary", "__init__"), 8),
+}
+"""The package's floors (README, Layout): each module or subpackage imports only from below."""
+
+
+def package_arrows() -> set[tuple[str, str]]:
+    """``(unit, unit)`` for each import between two top-level units of the package."""
+    arrows = set()
+    for path in PACKAGE.rglob("*.py"):
+        unit = path.relative_to(PACKAGE).with_suffix("").parts[0]
+        for module in imported_modules(path):
+            if module.startswith("lightning_dpo."):
+                target = module.split(".")[1]
+                if target != unit:
+                    arrows.add((unit, target))
+    return arrows
+
+
+def test_every_import_of_the_package_runs_down_a_floor():
+    arrows = package_arrows()
+    units = {unit for arrow in arrows for unit in arrow}
+    assert units <= set(FLOORS), f"give these a floor: {sorted(units - set(FLOORS))}"
+    upward = sorted(f"{a} -> {b}" for a, b in arrows if FLOORS[b] >= FLOORS[a])
+    assert upward == []

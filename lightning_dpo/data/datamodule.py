@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -22,7 +21,7 @@ from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport, check_on_invalid
 from lightning_dpo.layouts.rows import LAYOUTS
 from lightning_dpo.pairs import TokenizedPair
-from lightning_dpo.scoring.probes import resolve_layout
+from lightning_dpo.scoring.plan import ScoringPlan
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -160,35 +159,39 @@ class PreferenceDataModule(L.LightningDataModule):
         self.stats: list[SplitStats] = []
         self._reports: dict[str, SkipReport] = {}
         self._fingerprints: dict[str, str] = {}
-        #: The layout batches are built in (``auto`` until resolved against a policy).
-        self.layout = layout
+        #: How the scoring side reads the batches (:meth:`connect`); ``None`` until handed in.
+        self.plan: ScoringPlan | None = None
+        self._said_padded = False
 
-    def connect(self, *, policy: nn.Module | None = None, **_: object) -> None:
-        """Resolve the layout against the policy that will score the batches.
+    def connect(self, *, plan: ScoringPlan) -> None:
+        """Receive the scoring plan: batches are laid out in ``plan.layout`` from now on.
 
-        ``train.py`` calls this once the policy is built. ``auto`` becomes the fastest
-        layout that is exact on it (probed; see
-        :func:`~lightning_dpo.scoring.probes.resolve_layout`); an explicit layout the
-        policy cannot run exactly is refused.
+        ``train.py`` (or :meth:`PreferenceModule.setup
+        <lightning_dpo.module.PreferenceModule.setup>` under a Trainer of your own) decides
+        the plan once, against :attr:`requested_layout`
+        (:func:`~lightning_dpo.scoring.probes.resolve_plan`), and hands it here.
         """
-        if policy is not None:
-            self.layout = resolve_layout(self.hparams.layout, policy)
+        self.plan = plan
 
-    def _resolved_layout(self) -> str:
-        """The layout; ``auto`` without a connected policy resolves against the trainer's.
+    @property
+    def requested_layout(self) -> str:
+        """``data.layout`` as given: ``auto`` or a layout name (the plan decides)."""
+        return self.hparams.layout
 
-        Without a trainer (the data module used on its own) ``auto`` stays unresolved until
-        batches are needed, and then, with no policy to probe, is ``padded``.
+    def layout(self) -> str:
+        """The layout batches are built in: the plan's; without one, ``padded`` for ``auto``.
+
+        The data module used on its own (no plan handed in) builds ``auto`` as ``padded``,
+        which every model scores exactly, and an explicit layout as asked.
         """
-        if self.layout != "auto":
-            return self.layout
-        policy = getattr(getattr(self.trainer, "lightning_module", None), "policy", None)
-        if policy is not None:
-            self.connect(policy=policy)
-        elif self.trainer is not None or self.train_pairs is not None:
-            rank_zero_info("data.layout=auto without a policy to probe: padded.")
-            self.layout = "padded"
-        return self.layout
+        if self.plan is not None:
+            return self.plan.layout
+        if self.requested_layout != "auto":
+            return self.requested_layout
+        if not self._said_padded:
+            rank_zero_info("data.layout=auto without a scoring plan to follow: padded.")
+            self._said_padded = True
+        return "padded"
 
     def setup(self, stage: str | None = None) -> None:
         """Loads, validates and tokenises all data, then reports it; later calls do nothing.
@@ -197,14 +200,9 @@ class PreferenceDataModule(L.LightningDataModule):
         logged: per source, records read, kept and refused per reason (``on_invalid="skip"``);
         per split, empty responses, prompts and responses cut, unknown tokens.
 
-        Under a Trainer, ``layout="auto"`` not yet resolved by :meth:`connect` is resolved
-        here, against the trainer's module's ``policy``, before the strategy places or
-        shards it.
-
         Args:
             stage: Lightning stage (unused: both splits are prepared).
         """
-        self._resolved_layout()
         if self.train_pairs is not None:
             return
         hp, tokenizer = self.hparams, self.tokenizer
@@ -261,7 +259,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return pair_loader(
             pairs,
             self.tokenizer,
-            self._resolved_layout(),
+            self.layout(),
             batch_size=hp.batch_size,
             max_tokens=hp.max_tokens,
             seed=hp.seed,

@@ -88,19 +88,28 @@ def sliding_windows(config: Any) -> dict[str, int | None] | None:
     return {"": window} if isinstance(window, int) else None
 
 
-def forward_inputs(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+def forward_inputs(
+    model: nn.Module, batch: dict[str, Any], shared_rows: bool, implementation: str
+) -> dict[str, Any]:
     """The keyword arguments of the model forward for a laid-out batch.
 
-    Raises:
-        ValueError: For a shared batch and a model whose attention cannot take its mask.
+    Args:
+        model: The model (its config's sliding windows, its parameters' dtype).
+        batch: The batch.
+        shared_rows: Whether the batch is ``prefix_shared`` or ``packed`` (decided with the
+            layout; checked against the model then, not here).
+        implementation: The model's attention implementation, for the mask's form.
     """
     input_ids = batch[INPUT_IDS_KEY]
-    if PAIR_SLOTS_KEY not in batch:
+    expected = PAIR_SLOTS_KEY if shared_rows else ATTENTION_MASK_KEY
+    if expected not in batch:
+        planned = "prefix_shared or packed" if shared_rows else "padded"
+        raise ValueError(
+            f"the scoring plan says {planned}, but this batch has no '{expected}': lay the "
+            "batches out as planned, or plan for their layout (PreferenceModule.plan_scoring)"
+        )
+    if not shared_rows:
         return {INPUT_IDS_KEY: input_ids, ATTENTION_MASK_KEY: batch[ATTENTION_MASK_KEY]}
-    reason = mask_unsupported(model)
-    if reason is not None:
-        raise ValueError(f"a prefix_shared or packed batch cannot run: {reason}")
-    implementation = attention_implementation(model)
     dtype = next(model.parameters()).dtype
     dtype = dtype if dtype.is_floating_point else torch.float32
     slots, branches, positions = (

@@ -1,5 +1,6 @@
-"""Exactness probes: a layout or the response-only head is used only where it is exact.
+"""Exactness probes, and the scoring plan they decide (:func:`resolve_plan`).
 
+A layout or the response-only head is used only where it is exact.
 Each probe scores two fixed random pairs both ways, in eval mode without gradients: the
 ``padded`` layout through the model's own logits (the reference), and the layout or head
 under test. A layout whose mask the model does not honour (another attention
@@ -16,11 +17,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_dpo.eval_mode import eval_mode
-from lightning_dpo.layouts.masks import mask_unsupported
+from lightning_dpo.layouts.masks import attention_implementation, mask_unsupported
 from lightning_dpo.layouts.rows import LAYOUTS, lay_out
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.head import head_unsupported
-from lightning_dpo.scoring.sequences import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps
+from lightning_dpo.scoring.plan import DEFAULT_LOGPS_CHUNK_SIZE, ScoringPlan, check_chunk_size
+from lightning_dpo.scoring.sequences import sequence_logps
 
 FASTEST_LAYOUT = "packed"
 """What ``auto`` picks where the model honours it: never more positions nor attention per
@@ -54,7 +56,8 @@ def probe_difference(model: nn.Module, layout: str, response_only: bool) -> floa
     def scored(name: str, head: bool) -> torch.Tensor:
         batch = {k: v.to(device) for k, v in lay_out(pairs, 0, name).items()}
         chunk = DEFAULT_LOGPS_CHUNK_SIZE if head else None
-        return sequence_logps(model, batch, chunk_size=chunk, response_only=head).sums
+        plan = ScoringPlan(name, head, chunk, attention_implementation(model))
+        return sequence_logps(model, batch, plan).sums
 
     with torch.no_grad(), eval_mode(model):
         expected = scored("padded", False)
@@ -109,3 +112,34 @@ def response_head_unsupported(model: nn.Module) -> str | None:
     if difference > tolerance(model):
         return f"its log-probs differ from the model's own logits by {difference:.3g}"
     return None
+
+
+def resolve_plan(
+    policy: nn.Module,
+    layout: str = "auto",
+    response_head: bool = True,
+    chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
+) -> ScoringPlan:
+    """Probe ``policy`` once and decide its plan; the decisions are logged.
+
+    Args:
+        policy: The policy, before the strategy places or shards it.
+        layout: ``data.layout``: ``auto`` (the fastest exact layout) or a layout name.
+        response_head: ``module.response_head``: use the response-only head where exact.
+        chunk_size: ``module.logps_chunk_size``.
+
+    Raises:
+        ValueError: An unknown layout, a layout the policy cannot run exactly, or a bad
+            chunk size.
+    """
+    check_chunk_size(chunk_size)
+    runnable = resolve_layout(layout, policy)
+    response_only = False
+    if response_head and chunk_size is not None:
+        reason = response_head_unsupported(policy)
+        if reason is None:
+            rank_zero_info("Response-only LM head: on (exact on this model: probed).")
+            response_only = True
+        else:
+            rank_zero_info(f"Response-only LM head off: {reason}; scoring the logits.")
+    return ScoringPlan(runnable, response_only, chunk_size, attention_implementation(policy))

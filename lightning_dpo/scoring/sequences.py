@@ -31,8 +31,8 @@ from lightning_dpo.layouts.masks import forward_inputs
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.scoring.head import response_head
 from lightning_dpo.scoring.label_logps import token_logps, wpo_terms
+from lightning_dpo.scoring.plan import ScoringPlan
 
-DEFAULT_LOGPS_CHUNK_SIZE = 64
 """Positions scored at a time by default (``PreferenceModule(logps_chunk_size=...)``)."""
 
 
@@ -137,19 +137,19 @@ def label_logps(
     model: nn.Module,
     batch: dict[str, Any],
     scored: ScoredTokens,
+    plan: ScoringPlan,
     *,
-    chunk_size: int | None,
-    response_only: bool,
     with_wpo: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """``[N]`` log-probs of the scored tokens (and WPO's terms) from one forward of ``model``.
 
-    ``response_only``: through :func:`~lightning_dpo.scoring.head.response_head` (needs a
-    ``chunk_size``); else from the model's logits, of which only the scored rows are scored.
+    ``plan.response_only``: through :func:`~lightning_dpo.scoring.head.response_head`;
+    else from the model's logits, of which only the scored rows are scored.
     """
-    inputs = forward_inputs(model, batch)
-    if response_only:
-        with response_head(model, scored.positions, scored.labels, chunk_size, with_wpo) as out:
+    inputs = forward_inputs(model, batch, plan.shared_rows, plan.attention)
+    if plan.response_only:
+        head = response_head(model, scored.positions, scored.labels, plan.chunk_size, with_wpo)
+        with head as out:
             model(**inputs, use_cache=False)
         if out.logps is None:
             raise RuntimeError(
@@ -160,44 +160,34 @@ def label_logps(
     logits = model(**inputs, use_cache=False).logits
     rows = logits.reshape(-1, logits.shape[-1]).index_select(0, scored.positions)
     wpo = wpo_terms(rows) if with_wpo else None
-    return token_logps(rows, scored.labels, chunk_size), wpo
+    return token_logps(rows, scored.labels, plan.chunk_size), wpo
 
 
 def sequence_logps(
     model: nn.Module,
     batch: dict[str, Any],
+    plan: ScoringPlan,
     *,
     ld_alpha: float | None = None,
     wpo_weights: bool = False,
-    chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
-    response_only: bool = False,
 ) -> SequenceLogps:
     """Sum the log-probs of each sequence's scored tokens, in one forward of ``model``.
 
     Args:
         model: A causal LM (``transformers`` model or a peft wrapper of one).
-        batch: A laid-out batch (any layout of :mod:`lightning_dpo.layouts.rows`), or a
-            padded one with ``input_ids``, ``attention_mask`` and ``loss_mask`` only.
+        batch: A batch laid out as ``plan.layout`` (:mod:`lightning_dpo.layouts.rows`); a
+            padded one may carry ``input_ids``, ``attention_mask`` and ``loss_mask`` only.
+        plan: How to score it: the layout, the head, the chunk size
+            (:class:`~lightning_dpo.scoring.plan.ScoringPlan`).
         ld_alpha: LD-DPO weight of the tokens past the shorter response of each pair;
             ``None`` sums them plainly.
         wpo_weights: Also compute WPO's per-sequence log-weights.
-        chunk_size: Score ``chunk_size`` positions at a time; ``None`` for the plain
-            computation (the plain path only).
-        response_only: Score through the response-only LM head (see
-            :mod:`lightning_dpo.scoring.head`; the caller checks that the model allows it).
 
     Returns:
         The per-sequence sums and token counts (and the plain sums / WPO log-weights).
     """
     scored = scored_tokens(batch)
-    per_token, wpo = label_logps(
-        model,
-        batch,
-        scored,
-        chunk_size=chunk_size,
-        response_only=response_only and chunk_size is not None,
-        with_wpo=wpo_weights,
-    )
+    per_token, wpo = label_logps(model, batch, scored, plan, with_wpo=wpo_weights)
     counts = scored.lengths
     sums, plain = by_sequence(per_token, scored).sum(-1), None
     if ld_alpha is not None:
