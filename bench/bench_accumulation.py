@@ -27,7 +27,7 @@ reference forwards. The first step of each fit (optimizer state allocation) is n
 counted; the figures are medians over all timed steps of all rounds.
 
 Checked before the table is printed (the run stops otherwise): every configuration ran
-the brackets it should (counted by ``BracketCounter``: ``k`` per optimizer step per micro-batch,
+the brackets it should (counted by the swap source itself: ``k`` per optimizer step per micro-batch,
 1 per optimizer step); the reference log-probs of the first two optimizer steps, recorded
 by a callback placed after the reference's, are bitwise equal, on the same input ids, in
 every swap configuration (windowed or not, the same numbers are computed); and in the
@@ -82,7 +82,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_dpo import PreferenceDataModule, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.reference import reference_context
-from lightning_dpo.reference.diagnostics import BracketCounter
+from lightning_dpo.reference.sources import SwapSource
 
 PER_MICRO_BATCH = "per micro-batch"
 PER_STEP = "per optimizer step"
@@ -194,7 +194,6 @@ class Run:
     start: ReferenceStart
     reference: Callback
     probe: ReferenceProbe
-    counter: BracketCounter
     optimizer_steps: int = 0
 
     @property
@@ -202,7 +201,8 @@ class Run:
         """Reference brackets run in all fits (0 without a ``ReferenceSwapCallback``)."""
         if not isinstance(self.reference, ReferenceSwapCallback):
             return 0
-        return self.counter.of(self.reference)
+        source = self.reference.source
+        return source.brackets if isinstance(source, SwapSource) else 0
 
 
 def measured(configuration: Configuration, accelerator: str) -> bool:
@@ -221,7 +221,7 @@ def run_rounds(size: str, args: argparse.Namespace, directory: Path) -> dict[str
         datamodules[windows] = build_datamodule(
             folder, pairs, args.batch_size, args.length, reference_windows=windows
         )
-    runs, counter = {}, BracketCounter()
+    runs = {}
     for configuration in CONFIGURATIONS:
         if not measured(configuration, accelerator):
             continue
@@ -234,7 +234,6 @@ def run_rounds(size: str, args: argparse.Namespace, directory: Path) -> dict[str
             start,
             reference_callback(configuration.reference, None),
             ReferenceProbe(start, RECORDED_STEPS * args.accumulate),
-            counter,
         )
     names = list(runs)
     for round_index in range(args.rounds):
@@ -247,8 +246,7 @@ def run_rounds(size: str, args: argparse.Namespace, directory: Path) -> dict[str
                 accelerator,
                 accumulate_grad_batches=args.accumulate,
             )
-            with counter:
-                trainer.fit(run.module, datamodule=run.datamodule)
+            trainer.fit(run.module, datamodule=run.datamodule)
             run.optimizer_steps += trainer.global_step
     return runs
 

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 writer,
                 f"{runs[0]['file_mib']:,.1f}",
-                f"{seconds:.2f}",
+                f"{seconds:.3g}",
                 f"{seconds / base_seconds:.2f}",
                 f"{added:,.0f}",
                 f"{added / base_mib:.2f}" if base_mib > 1 else "-",

@@ -92,9 +92,10 @@ class PreferenceModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Shard the policy with FSDP2 when trained under ``ModelParallelStrategy``.
 
-        Each decoder layer (a module whose class name ends in ``DecoderLayer``) becomes its
-        own FSDP unit, then the whole policy. Under other strategies this does nothing.
-        The reference snapshot then holds each rank's local shards only.
+        Each block the model names as not to be split (``_no_split_modules``, its decoder
+        layers in ``transformers``) becomes its own FSDP unit, then the whole policy. Under
+        other strategies this does nothing. The reference snapshot then holds each rank's
+        local shards only.
         """
         mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy
         if mesh is None or self._policy_sharded:
@@ -102,8 +103,11 @@ class PreferenceModule(pl.LightningModule):
         from torch.distributed.fsdp import fully_shard
 
         data_parallel = mesh["data_parallel"]
+        blocks = set(self.policy._no_split_modules or ())  # peft forwards it to the model
+        if not blocks:
+            rank_zero_warn(f"{type(self.policy).__name__} names no blocks: one FSDP unit")
         for module in self.policy.modules():
-            if type(module).__name__.endswith("DecoderLayer"):
+            if type(module).__name__ in blocks:
                 fully_shard(module, mesh=data_parallel)
         fully_shard(self.policy, mesh=data_parallel)
         self._policy_sharded = True

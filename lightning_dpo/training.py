@@ -8,13 +8,14 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_dpo.callbacks.progress import progress_bar
 from lightning_dpo.checkpoint_checks import check_checkpoint_file
 from lightning_dpo.config_types import check_types
 from lightning_dpo.errors import ConfigError
+from lightning_dpo.wiring import Wired, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,15 @@ def instantiate_group(cfg: DictConfig, key: str) -> dict[str, Any]:
 def connect_callbacks(callbacks: dict[str, Callback], datamodule: Any) -> None:
     """Wire, explicitly, what the callbacks need of each other and of the data.
 
-    Every callback with a ``connect`` method gets the datamodule and the reference callback
+    Every :class:`~lightning_dpo.wiring.Wired` callback gets one
+    :class:`~lightning_dpo.wiring.Wiring`: the datamodule and the reference callback
     (``callbacks.reference``), instead of searching ``trainer.callbacks`` or reading
     ``trainer.datamodule`` itself.
     """
-    reference = callbacks.get("reference")
+    wiring = Wiring(datamodule=datamodule, reference=callbacks.get("reference"))
     for callback in callbacks.values():
-        if hasattr(callback, "connect"):
-            callback.connect(datamodule=datamodule, reference=reference)
+        if isinstance(callback, Wired):
+            callback.connect(wiring)
 
 
 def without_lr_monitor(callbacks: list[Callback]) -> list[Callback]:
@@ -151,5 +153,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def finish_loggers(trainer: pl.Trainer) -> None:
     """Close a Weights & Biases run, so the next job of a multirun starts its own."""
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()

@@ -11,8 +11,7 @@ import torch
 
 from lightning_dpo.data import build_char_tokenizer
 from lightning_dpo.policy import add_lora, build_tiny_llama
-from lightning_dpo.reference.diagnostics import BracketCounter
-from tests.helpers import TINY_POLICY, make_bare_trainer, small_datamodule
+from tests.helpers import TINY_POLICY, BracketCount, make_bare_trainer, small_datamodule
 
 
 def pytest_configure(config):
@@ -65,9 +64,8 @@ def lora_policy(tokenizer):
 
 @pytest.fixture
 def brackets():
-    """Counts each reference callback's brackets during the test (``brackets.of(callback)``)."""
-    with BracketCounter() as counter:
-        yield counter
+    """Each reference callback's brackets (``brackets.of(callback)``)."""
+    return BracketCount()
 
 
 @pytest.fixture

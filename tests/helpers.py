@@ -30,7 +30,8 @@ from lightning_dpo.data import PreferenceDataModule, build_byte_tokenizer, build
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import build_policy
-from lightning_dpo.reference import eval_mode
+from lightning_dpo.reference import ReferenceSwapCallback, eval_mode
+from lightning_dpo.reference.sources import SwapSource
 from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
     ScoringPlan,
@@ -296,6 +297,17 @@ class RecordBatches(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
         self.losses.append(float(outputs["loss"]))
+
+
+def brackets_of(callback: ReferenceSwapCallback) -> int:
+    """Reference brackets a callback's source has run (0 for a cache, or before any fit)."""
+    return callback.source.brackets if isinstance(callback.source, SwapSource) else 0
+
+
+class BracketCount:
+    """The ``brackets`` fixture: ``brackets.of(callback)``."""
+
+    of = staticmethod(brackets_of)
 
 
 def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from lightning_dpo.callbacks.samples import (
     greedy_completions,
     markdown_table,
 )
+from lightning_dpo.wiring import Wiring
 from tests.helpers import make_bare_trainer, small_datamodule
 
 
@@ -24,7 +25,7 @@ def fit_with_samples(tmp_path, policy, callbacks, steps=4):
     )
     reference = ReferenceSwapCallback()
     for callback in callbacks:
-        callback.connect(datamodule=datamodule, reference=reference)
+        callback.connect(Wiring(datamodule=datamodule, reference=reference))
     trainer = make_bare_trainer(
         tmp_path,
         [reference, *callbacks],

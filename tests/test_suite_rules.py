@@ -54,7 +54,7 @@ def test_shared_helpers_come_only_from_helpers_py():
 
 PACKAGE = TESTS.parent / "lightning_dpo"
 FLOORS = {
-    **dict.fromkeys(("batch", "pairs", "eval_mode", "integrity"), 0),
+    **dict.fromkeys(("batch", "pairs", "eval_mode", "integrity", "wiring"), 0),
     **dict.fromkeys(("layouts", "losses", "pretrained"), 1),
     **dict.fromkeys(("scoring", "metrics", "policy"), 2),
     "data": 3,

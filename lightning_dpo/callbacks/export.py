@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -15,6 +14,7 @@ from typing_extensions import override
 
 from lightning_dpo.policy import is_peft_model
 from lightning_dpo.reference.weights import HasWeights
+from lightning_dpo.wiring import Wired, Wiring
 
 BASE_MODEL_SUBDIR = "base_model"
 """Where an adapter export keeps its base model when the base is not on disk already."""
@@ -98,7 +98,7 @@ def export_policy(
     return path
 
 
-class HFExportCallback(Callback):
+class HFExportCallback(Callback, Wired):
     """Save the policy in Hugging Face format when ``fit`` ends.
 
     The export holds the weights of the last training step (not the best checkpoint),
@@ -126,12 +126,11 @@ class HFExportCallback(Callback):
         self.tokenizer = tokenizer
         self.reference = reference
 
-    def connect(
-        self, *, datamodule: Any = None, reference: HasWeights | None = None, **_: Any
-    ) -> None:
+    @override
+    def connect(self, wiring: Wiring) -> None:
         """Wire the data's tokenizer and the reference callback (``train.py`` calls this)."""
-        self.tokenizer = None if datamodule is None else datamodule.tokenizer
-        self.reference = reference
+        self.tokenizer = None if wiring.datamodule is None else wiring.datamodule.tokenizer
+        self.reference = wiring.reference
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

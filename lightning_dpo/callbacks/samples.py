@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lightning_dpo.reference.weights import HasWeights, eval_mode, reference_context
+from lightning_dpo.wiring import Wired, Wiring
 
 COLUMNS = ("prompt", "chosen (data)", "completion")
 
@@ -75,7 +76,7 @@ def markdown_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUM
     return "\n".join(lines)
 
 
-class GreedySamplesCallback(Callback):
+class GreedySamplesCallback(Callback, Wired):
     """Log greedy completions of a few fixed validation prompts after each validation.
 
     The prompts are the first ``num_prompts`` validation pairs of the data's
@@ -118,15 +119,10 @@ class GreedySamplesCallback(Callback):
         self.reference = reference
         self._reference_done = False
 
-    def connect(
-        self,
-        *,
-        datamodule: ValidationPrompts | None = None,
-        reference: HasWeights | None = None,
-        **_: Any,
-    ) -> None:
+    @override
+    def connect(self, wiring: Wiring) -> None:
         """Wire the prompts' source and the reference callback (``train.py`` calls this)."""
-        self.datamodule, self.reference = datamodule, reference
+        self.datamodule, self.reference = wiring.datamodule, wiring.reference
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

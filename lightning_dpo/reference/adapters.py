@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from lightning_dpo.policy import is_peft_model
+
 
 class AdapterDisabledReference:
     """The bare base model of a peft policy, reached by disabling its adapters.
@@ -24,7 +26,7 @@ class AdapterDisabledReference:
     @contextmanager
     def reference(self, model: nn.Module) -> Iterator[None]:
         """Disable the adapters of the peft ``model`` for the body."""
-        if not hasattr(model, "disable_adapter"):
+        if not is_peft_model(model):
             raise TypeError(
                 f"{type(model).__name__} is not a peft model: the adapter-disabled reference "
                 "needs one (use the host snapshot for full-parameter training)"

@@ -39,9 +39,10 @@ from lightning_dpo.reference.settings import SNAPSHOT_DTYPES, ReferenceMode, che
 from lightning_dpo.reference.sources import CachedSource, LogpsSource, ReferenceScorer, SwapSource
 from lightning_dpo.reference.strategies import check_supported_strategy, node_share
 from lightning_dpo.reference.weights import WeightReference
+from lightning_dpo.wiring import Wired, Wiring
 
 
-class ReferenceSwapCallback(Callback):
+class ReferenceSwapCallback(Callback, Wired):
     r"""Compute reference log-probs for each batch, before the policy forward.
 
     The LightningModule must be a
@@ -148,9 +149,10 @@ class ReferenceSwapCallback(Callback):
         """The weight reference in use (``None`` before ``fit`` and with a cache)."""
         return None if self.source is None else self.source.weights
 
-    def connect(self, *, datamodule: PairIndexedData | None = None, **_: Any) -> None:
+    @override
+    def connect(self, wiring: Wiring) -> None:
         """Wire the data the reference cache is computed over (``train.py`` calls this)."""
-        self.datamodule = datamodule
+        self.datamodule = wiring.datamodule
 
     @property
     @override

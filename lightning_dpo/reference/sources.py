@@ -112,6 +112,9 @@ class SwapSource:
         self.weights = weights
         self.version = 0
         """Reference updates so far (TR-DPO): a window scored before one is rescored."""
+        self.brackets = 0
+        """Brackets run so far (forwards with the weights entered, each around one or more
+        micro-batches): what windows save is visible here (tests, ``bench_accumulation``)."""
 
     def logps(
         self,
@@ -131,6 +134,7 @@ class SwapSource:
 
     def bracket(self, scorer: ReferenceScorer, batches: Iterable[Any]) -> list[Tensor]:
         """One bracket: the weights entered once around the forwards of ``batches``."""
+        self.brackets += 1
         return scorer.bracket(self.weights, batches)
 
     def update(self, policy: nn.Module, alpha: float) -> None:

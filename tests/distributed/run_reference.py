@@ -29,9 +29,8 @@ from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import snapshot_fingerprint
-from lightning_dpo.reference.diagnostics import BracketCounter
 from lightning_dpo.reference.node_share import mapped_pss_bytes
-from tests.helpers import TINY_POLICY, make_bare_trainer, step_checkpoints
+from tests.helpers import TINY_POLICY, brackets_of, make_bare_trainer, step_checkpoints
 
 
 class Forwards(pl.Callback):
@@ -97,8 +96,7 @@ def main(args: argparse.Namespace) -> None:
         accumulate_grad_batches=args.accumulate,
         enable_checkpointing=args.ckpt_dir is not None,
     )
-    with BracketCounter() as brackets:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
     weights = reference.weights
     snapshot = weights.snapshot if weights is not None else {}
     trainable = {n: p.detach() for n, p in module.policy.named_parameters() if p.requires_grad}
@@ -111,7 +109,7 @@ def main(args: argparse.Namespace) -> None:
             "snapshot_shapes": {k: tuple(v.shape) for k, v in snapshot.items()},
             "shared_pss": mapped_pss_bytes(),
             "node_rank": trainer.node_rank,
-            "brackets": brackets.of(reference),
+            "brackets": brackets_of(reference),
             "forwards": forwards.count,
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "key": REFERENCE_LOGPS_KEY,
