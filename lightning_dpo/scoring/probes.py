@@ -48,14 +48,23 @@ def tolerance(model: nn.Module) -> float:
     return 1e-3 if dtype in (torch.float32, torch.float64) else 0.5
 
 
-def probe_difference(model: nn.Module, layout: str, response_only: bool) -> float:
-    """Max |difference| of the probe pairs' summed log-probs from the plain padded ones."""
+def probe_difference(
+    model: nn.Module,
+    layout: str,
+    response_only: bool,
+    chunk_size: int | None = DEFAULT_LOGPS_CHUNK_SIZE,
+) -> float:
+    """Max |difference| of the probe pairs' summed log-probs from the plain padded ones.
+
+    The layout (and head) under test score in ``chunk_size`` positions (the run's
+    ``module.logps_chunk_size``) where the head is on; the reference scores plainly.
+    """
     pairs = probe_pairs(model.get_input_embeddings().num_embeddings)
     device = next(model.parameters()).device
 
     def scored(name: str, head: bool) -> torch.Tensor:
         batch = {k: v.to(device) for k, v in lay_out(pairs, 0, name).items()}
-        chunk = DEFAULT_LOGPS_CHUNK_SIZE if head else None
+        chunk = chunk_size if head else None
         plan = ScoringPlan(name, head, chunk, attention_implementation(model))
         return sequence_logps(model, batch, plan).sums
 
@@ -103,12 +112,17 @@ def resolve_layout(requested: str, model: nn.Module) -> str:
     return "padded"
 
 
-def response_head_unsupported(model: nn.Module) -> str | None:
-    """Why the response-only head cannot stand in for ``model``'s, or ``None`` if it can."""
+def response_head_unsupported(
+    model: nn.Module, chunk_size: int = DEFAULT_LOGPS_CHUNK_SIZE
+) -> str | None:
+    """Why the response-only head cannot stand in for ``model``'s, or ``None`` if it can.
+
+    Probed as it will run: ``chunk_size`` positions at a time (``module.logps_chunk_size``).
+    """
     reason = head_unsupported(model)
     if reason is not None:
         return reason
-    difference = probe_difference(model, "padded", response_only=True)
+    difference = probe_difference(model, "padded", True, chunk_size)
     if difference > tolerance(model):
         return f"its log-probs differ from the model's own logits by {difference:.3g}"
     return None
@@ -136,7 +150,7 @@ def resolve_plan(
     runnable = resolve_layout(layout, policy)
     response_only = False
     if response_head and chunk_size is not None:
-        reason = response_head_unsupported(policy)
+        reason = response_head_unsupported(policy, chunk_size)
         if reason is None:
             rank_zero_info("Response-only LM head: on (exact on this model: probed).")
             response_only = True
