@@ -17,6 +17,11 @@ import torch
 import xxhash
 from torch import Tensor
 
+try:  # torch >= 2.5
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch 2.4
+    from torch.distributed._tensor import DTensor
+
 ALGORITHM = "xxh3_128"
 """Named in every fingerprint (``"xxh3_128:<hex>"``), so a change of algorithm is explicit."""
 _READ_CHUNK = 1 << 24
@@ -24,7 +29,7 @@ _READ_CHUNK = 1 << 24
 
 def is_sharded(tensor: Tensor) -> bool:
     """Whether ``tensor`` is a sharded (DTensor) tensor, whose bytes live on several ranks."""
-    return hasattr(tensor, "full_tensor")
+    return isinstance(tensor, DTensor)
 
 
 def _host_bytes(tensor: Tensor) -> memoryview:

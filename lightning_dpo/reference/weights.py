@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dpo.eval_mode import eval_mode
+from lightning_dpo.integrity import is_sharded
 
 
 class WeightReference(Protocol):
@@ -81,5 +82,4 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def local_tensor(param: Tensor) -> Tensor:
     """The rank-local shard of a sharded (DTensor) parameter, else the tensor itself."""
-    to_local = getattr(param, "to_local", None)
-    return to_local() if callable(to_local) else param
+    return param.to_local() if is_sharded(param) else param
