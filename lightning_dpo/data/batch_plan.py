@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,14 @@ class PlannedFetch:
 
     micro_batches: tuple[tuple[int, ...], ...]
     step_pairs: int | None
+
+
+@runtime_checkable
+class EpochSampler(Protocol):
+    """A sampler told each epoch (``DistributedSampler`` and the like), as Lightning tells it."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch``."""
 
 
 class BatchPlan(DistributedSampler):
@@ -124,7 +133,7 @@ class BatchPlan(DistributedSampler):
     def item_order(self) -> list[int]:
         """The epoch's item order: the given sampler's, a seeded permutation, or in order."""
         if self.order is not None:
-            if hasattr(self.order, "set_epoch"):
+            if isinstance(self.order, EpochSampler):
                 self.order.set_epoch(self.epoch)
             return list(self.order)
         if not self.shuffle:

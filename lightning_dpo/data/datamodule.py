@@ -19,7 +19,7 @@ from lightning_dpo.data.sources import resolve_train_source
 from lightning_dpo.data.tokenization import resolve_max_prompt_length
 from lightning_dpo.data.tokenizer_loading import load_tokenizer
 from lightning_dpo.data.validation import SkipReport, check_on_invalid
-from lightning_dpo.layouts.rows import LAYOUTS
+from lightning_dpo.layouts.rows import check_layout
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.plan import ScoringPlan
 
@@ -130,8 +130,7 @@ class PreferenceDataModule(L.LightningDataModule):
         max_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        check_layout(layout)
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"data.max_tokens must be a positive number or null, got {max_tokens}")
         train_file = resolve_train_source(train_file, path, require_file)

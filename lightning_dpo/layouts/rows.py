@@ -46,6 +46,18 @@ from lightning_dpo.pairs import TokenizedPair
 LAYOUTS: tuple[str, ...] = ("auto", "padded", "prefix_shared", "packed")
 """The ``data.layout`` choices; ``auto`` is the fastest exact one the model supports."""
 
+
+def check_layout(name: str) -> str:
+    """``name``, checked: one of :data:`LAYOUTS` (the one check of ``data.layout``).
+
+    Raises:
+        ValueError: Naming ``data.layout`` and the valid choices.
+    """
+    if name not in LAYOUTS:
+        raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {name!r}")
+    return name
+
+
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 """Branch of a token in a shared row."""
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_dpo.eval_mode import eval_mode
 from lightning_dpo.layouts.masks import attention_implementation, mask_unsupported
-from lightning_dpo.layouts.rows import LAYOUTS, lay_out
+from lightning_dpo.layouts.rows import check_layout, lay_out
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.head import head_unsupported
 from lightning_dpo.scoring.plan import DEFAULT_LOGPS_CHUNK_SIZE, ScoringPlan, check_chunk_size
@@ -97,8 +97,7 @@ def resolve_layout(requested: str, model: nn.Module) -> str:
         ValueError: For an unknown name, or a layout ``model`` cannot run exactly (naming
             why and the layout that always works).
     """
-    if requested not in LAYOUTS:
-        raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {requested!r}")
+    check_layout(requested)
     candidate = FASTEST_LAYOUT if requested == "auto" else requested
     reason = layout_unsupported(model, candidate)
     if reason is None:
