@@ -93,8 +93,8 @@ class PreferenceDataModule(L.LightningDataModule):
             whole optimizer step in one swap.
         layout: How a batch is laid out in rows (:mod:`lightning_dpo.layouts.rows`):
             ``"padded"``, ``"prefix_shared"``, ``"packed"``, or ``"auto"``: the fastest one
-            that is exact on the policy (probed when the policy is connected, see
-            :meth:`connect`).
+            that is exact on the policy (decided with the scoring plan the module probes
+            and hands in, see :meth:`connect`).
         max_tokens: Token budget of a batch (prompt once plus both responses of each
             pair): batches of pairs of similar length up to this many tokens, instead of
             ``batch_size`` pairs. ``None``: ``batch_size`` pairs.
