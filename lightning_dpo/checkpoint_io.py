@@ -49,11 +49,11 @@ class CheckpointWriteError(CheckpointError):
 
 def human_bytes(count: float) -> str:
     """``count`` bytes as ``"1.5 GiB"``, ``"812 MiB"`` or ``"4 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.1f} {unit}" if unit == "GiB" else f"{count:.0f} {unit}"
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
         count /= 1024
-    raise AssertionError("unreachable")
+    return f"{count:.1f} GiB"
 
 
 def free_space(directory: Path) -> str:
