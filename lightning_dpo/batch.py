@@ -34,7 +34,7 @@ STEP_PAIRS_KEY = "step_pairs"
 """Pairs in the optimizer step the batch belongs to, over all micro-batches and ranks."""
 REFERENCE_LOGPS_KEY = "reference_logps"
 """The ``[2B]`` reference log-probs, added by the reference callback before each step."""
-WINDOW_KEY = "reference_window"
+WINDOW_KEY = "step_window"
 """The micro-batch's place in its optimizer step's window (windowed loaders only)."""
 
 
@@ -65,7 +65,7 @@ class PreferenceBatch(TypedDict, total=False):
             micro-batches and ranks (training batches of ``PreferenceDataModule``); the
             module then weighs every pair of the step alike.
         reference_logps: ``[2B]`` summed reference log-probs of the response tokens.
-        reference_window: A ``WindowSlot`` (windowed training batches only), removed by
+        step_window: A ``WindowSlot`` (windowed training batches only), removed by
             the reference callback before the step.
     """
 
@@ -85,4 +85,4 @@ class PreferenceBatch(TypedDict, total=False):
     pair_index: Tensor
     step_pairs: Tensor
     reference_logps: Tensor
-    reference_window: Any
+    step_window: Any

@@ -262,6 +262,7 @@ def make_bare_trainer(root: Path, callbacks: list, max_steps: int = 5, **kwargs)
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "limit_val_batches": 0,
+        "use_distributed_sampler": False,  # the data module deals batches to the ranks itself
         **kwargs,
     }
     return pl.Trainer(**settings)

@@ -9,11 +9,12 @@ from functools import partial
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY, WINDOW_KEY
 from lightning_dpo.data import collate_pairs
+from lightning_dpo.data.batch_plan import BatchPlan
 from lightning_dpo.data.windows import PlannedDataLoader, WindowedDataLoader, WindowSlot
 from lightning_dpo.training import build
 from tests.helpers import (
@@ -69,6 +70,10 @@ def test_windowed_loader_refuses_what_it_cannot_honour(tokenizer):
         WindowedDataLoader(pairs, 2, 0, collate_fn=list)
     with pytest.raises(ValueError, match="drop_last must be False"):
         WindowedDataLoader(pairs, 2, 2, collate_fn=list, drop_last=True)
+    # what Lightning does under DDP unless Trainer(use_distributed_sampler=False)
+    plan = BatchPlan([1] * len(pairs), batch_size=2)
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        PlannedDataLoader(pairs, plan, list, sampler=DistributedSampler(pairs, 2, 0))
 
 
 def _fit(tmp_path, policy, tokenizer, accumulate, windows, max_steps=4, **callback_kwargs):
@@ -246,6 +251,8 @@ def test_consumed_windows_hold_no_batches_or_log_probs(tmp_path, tiny_policy, to
     for window in windows:
         assert window.batches == [None] * len(window.batches)
         assert window.holds_nothing
+    if not cache:  # the swap source let go of every log-prob it computed ahead
+        assert reference.source.holding == 0
 
 
 def test_resume_under_accumulation_keeps_the_reference_and_one_swap_per_step(

@@ -16,9 +16,9 @@ which rank gets which, from ``(seed, epoch)`` alone, so a resumed run replays th
 Each item the plan yields is a :class:`PlannedFetch`: a whole window's micro-batches
 (``grouped``, for the reference callback's one swap per step) or one micro-batch, with the
 number of pairs of its optimizer step over all micro-batches and ranks, with which the
-module weighs every pair of the step alike. The plan is a ``DistributedSampler`` so that
-Lightning, seeing the data already split between ranks, does not put a sampler of its own
-in front of it.
+module weighs every pair of the step alike. The plan deals the data between the ranks
+itself: the Trainer must not put a distributed sampler in front of it
+(``Trainer(use_distributed_sampler=False)``, as ``conf/trainer/default.yaml`` sets).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 POOL_PAIRS = 1024
 """Pairs sorted by length together when cutting token-budget batches."""
@@ -58,7 +58,7 @@ class EpochSampler(Protocol):
         """Start ``epoch``."""
 
 
-class BatchPlan(DistributedSampler):
+class BatchPlan(Sampler[PlannedFetch]):
     """A sampler of :class:`PlannedFetch` items: one rank's micro-batches of an epoch.
 
     Args:
@@ -92,7 +92,6 @@ class BatchPlan(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        Sampler.__init__(self)
         if batch_size < 1 or window < 1:
             raise ValueError(f"batch_size and window must be >= 1, got {batch_size} and {window}")
         if max_tokens is not None and max_tokens < 1:
@@ -106,21 +105,20 @@ class BatchPlan(DistributedSampler):
         self.shuffle = shuffle
         self.seed = seed
         self.order = order
-        self.drop_last = False
         self.epoch = 0
         self._replicas, self._rank = num_replicas, rank
         self._planned: tuple[int, list[list[tuple[int, ...]]]] | None = None
         self._start = 0
 
     @property
-    def num_replicas(self) -> int:  # type: ignore[override]
+    def num_replicas(self) -> int:
         """The ranks sharing the data."""
         if self._replicas is not None:
             return self._replicas
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     @property
-    def rank(self) -> int:  # type: ignore[override]
+    def rank(self) -> int:
         """This process's rank."""
         if self._rank is not None:
             return self._rank
@@ -151,19 +149,19 @@ class BatchPlan(DistributedSampler):
         batches = [
             batch
             for start in range(0, len(order), POOL_PAIRS)
-            for batch in self._budget_batches(order[start : start + POOL_PAIRS])
+            for batch in self._budget_batches(order[start : start + POOL_PAIRS], self.max_tokens)
         ]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
 
-    def _budget_batches(self, pool: list[int]) -> Iterator[tuple[int, ...]]:
-        """``pool`` sorted longest first, cut where the next item would pass the budget."""
+    def _budget_batches(self, pool: list[int], budget: int) -> Iterator[tuple[int, ...]]:
+        """``pool`` sorted longest first, cut where the next item would pass ``budget``."""
         batch: list[int] = []
         tokens = 0
         for index in sorted(pool, key=lambda i: -self.sizes[i]):
-            if batch and tokens + self.sizes[index] > self.max_tokens:  # type: ignore[operator]
+            if batch and tokens + self.sizes[index] > budget:
                 yield tuple(batch)
                 batch, tokens = [], 0
             batch.append(index)
@@ -185,7 +183,7 @@ class BatchPlan(DistributedSampler):
         """Start the next iteration after this many micro-batches of the epoch (resume)."""
         self._start = micro_batches
 
-    def __iter__(self) -> Iterator[PlannedFetch]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[PlannedFetch]:
         ranks = self.per_rank()
         mine = ranks[self.rank]
         skipped, self._start = self._start, 0

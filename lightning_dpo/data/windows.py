@@ -1,4 +1,4 @@
-"""Micro-batches grouped by optimizer step, so the reference is swapped in once per step.
+"""Micro-batches grouped by optimizer step, so a consumer can take a whole step at once.
 
 With ``Trainer(accumulate_grad_batches=k)`` one optimizer step consumes ``k``
 micro-batches. :class:`PlannedDataLoader` collates those ``k`` together (a *window*, as
@@ -6,9 +6,10 @@ micro-batches. :class:`PlannedDataLoader` collates those ``k`` together (a *wind
 one; :class:`WindowedDataLoader` does so for fixed-size micro-batches, exactly those a plain
 ``DataLoader`` with ``batch_size=micro_batch_size`` would yield, in the same order. Each
 micro-batch carries, under :data:`~lightning_dpo.batch.WINDOW_KEY`, a :class:`WindowSlot`:
-its place in the shared :class:`MicroBatchWindow`, through which the reference callback
-reaches the window's other, still-to-come micro-batches at the first one and computes all
-their reference log-probs inside one swap (:meth:`MicroBatchWindow.reference_logps`).
+its place in the shared :class:`MicroBatchWindow`, through which a callback reaches the
+window's other, still-to-come micro-batches at the first one (the reference callback
+scores a whole step inside one swap). Windows only carry the micro-batches; what is
+computed from them is kept by whoever computes it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lightning_dpo.data.batch_plan import BatchPlan, PlannedFetch
 
 
 class MicroBatchWindow:
-    """The host micro-batches of one optimizer step and, once computed, their reference log-probs.
+    """The host micro-batches of one optimizer step, each let go of once it has arrived.
 
     A plain class on purpose (not a dataclass, mapping or sequence, no ``.to``): Lightning's
     batch transfer passes it through untouched, by identity, so every micro-batch of the
@@ -33,54 +34,24 @@ class MicroBatchWindow:
 
     Attributes:
         batches: The host micro-batches; an entry becomes ``None`` once consumed.
-        reference_version: Which reference computed the log-probs held (the source's
-            counter of reference updates), ``None`` before.
-
-    The per micro-batch ``[2B]`` reference log-probs are held privately, from when
-    :meth:`reference_logps` computes them until each is handed out.
     """
 
-    __slots__ = ("_logps", "batches", "reference_version")
+    __slots__ = ("batches",)
 
     def __init__(self, batches: list[dict[str, Any]]) -> None:
         self.batches: list[dict[str, Any] | None] = list(batches)
-        self._logps: list[Any] = [None] * len(batches)
-        self.reference_version: int | None = None
 
     def __repr__(self) -> str:
         return f"MicroBatchWindow({len(self.batches)} micro-batches)"
 
     @property
     def holds_nothing(self) -> bool:
-        """Whether every micro-batch and every computed log-prob has been let go of."""
-        return all(item is None for item in [*self.batches, *self._logps])
+        """Whether every micro-batch has been let go of."""
+        return all(item is None for item in self.batches)
 
     def consume(self, position: int) -> None:
         """Drop the window's hold on micro-batch ``position`` (it has arrived)."""
         self.batches[position] = None
-
-    def reference_logps(
-        self, position: int, version: int, compute: Callable[[list[Any]], list[Any]]
-    ) -> Any:
-        """Micro-batch ``position``'s reference log-probs, computed with the later ones.
-
-        The first micro-batch to arrive, or the first after a reference update (a new
-        ``version``), calls ``compute`` with the host micro-batches after it; ``compute``
-        returns the log-probs of that micro-batch followed by those of each later one.
-        The others only pick theirs up. Handed-out entries are dropped, so the window
-        holds nothing once its last micro-batch has arrived.
-
-        Args:
-            position: The arriving micro-batch.
-            version: The reference's version now.
-            compute: Later host micro-batches -> log-probs from ``position`` on.
-        """
-        self.consume(position)
-        if self.reference_version != version or self._logps[position] is None:
-            self._logps[position:] = compute(self.batches[position + 1 :])
-            self.reference_version = version
-        logps, self._logps[position] = self._logps[position], None
-        return logps
 
 
 class WindowSlot:
@@ -104,9 +75,9 @@ class WindowSlot:
         """The micro-batch has arrived: the window lets go of it."""
         self.window.consume(self.position)
 
-    def reference_logps(self, version: int, compute: Callable[[list[Any]], list[Any]]) -> Any:
-        """This micro-batch's reference log-probs (:meth:`MicroBatchWindow.reference_logps`)."""
-        return self.window.reference_logps(self.position, version, compute)
+    def later(self) -> list[dict[str, Any] | None]:
+        """The host micro-batches after this one (``None`` where one has arrived already)."""
+        return self.window.batches[self.position + 1 :]
 
 
 class _FetchedItems(Dataset):
@@ -173,6 +144,12 @@ class PlannedDataLoader(DataLoader):
         if kwargs.get("drop_last"):
             raise ValueError(
                 f"{type(self).__name__} does not drop batches: drop_last must be False"
+            )
+        if "sampler" in kwargs or "batch_sampler" in kwargs:
+            raise ValueError(
+                f"{type(self).__name__} deals its batches between the ranks itself (BatchPlan) "
+                "and takes no other sampler: build the Trainer with "
+                "use_distributed_sampler=False"
             )
         self.plan = plan
         self._yielded = 0

@@ -101,8 +101,8 @@ class SwapSource:
     """Reference log-probs from a forward of the live policy with ``weights`` entered.
 
     A windowed micro-batch (``slot``) brings its optimizer step's later micro-batches
-    along: the first to arrive computes all of theirs inside one bracket
-    (:meth:`~lightning_dpo.data.windows.MicroBatchWindow.reference_logps`).
+    along: the first to arrive, or the first after a reference update, computes all of
+    theirs inside one bracket; the source holds them until each micro-batch arrives.
 
     Args:
         weights: The weight reference.
@@ -112,6 +112,7 @@ class SwapSource:
         self.weights = weights
         self.version = 0
         """Reference updates so far (TR-DPO): a window scored before one is rescored."""
+        self._held = _WindowLogps(None, -1, 0, [])
         self.brackets = 0
         """Brackets run so far (forwards with the weights entered, each around one or more
         micro-batches): what windows save is visible here (tests, ``bench_accumulation``)."""
@@ -126,11 +127,20 @@ class SwapSource:
         """One bracket for the batch, or for its window's micro-batches from this one on."""
         if slot is None:
             return self.bracket(scorer, [batch])[0]
+        held = self._held
+        if not held.answers(slot, self.version):
+            later = slot.later()
+            slot.consume()
+            computed = self.bracket(scorer, _device_batches(batch, later, scorer))
+            held = self._held = _WindowLogps(slot.window, self.version, slot.position, computed)
+        else:
+            slot.consume()
+        return held.take(slot.position)
 
-        def compute(later: list[Any]) -> list[Tensor]:
-            return self.bracket(scorer, _device_batches(batch, later, scorer))
-
-        return slot.reference_logps(self.version, compute)
+    @property
+    def holding(self) -> int:
+        """Log-probs computed for micro-batches of a window that have not arrived yet."""
+        return sum(item is not None for item in self._held.logps)
 
     def bracket(self, scorer: ReferenceScorer, batches: Iterable[Any]) -> list[Tensor]:
         """One bracket: the weights entered once around the forwards of ``batches``."""
@@ -145,6 +155,41 @@ class SwapSource:
     def state_dict(self) -> dict[str, Any]:
         """The weight reference's checkpoint state."""
         return self.weights.state_dict()
+
+
+class _WindowLogps:
+    """The log-probs computed for one window's micro-batches, handed out one by one.
+
+    Args:
+        window: The window (compared by identity); ``None`` for none yet.
+        version: The reference version that computed them.
+        first: The window position of the first entry of ``logps``.
+        logps: The log-probs of micro-batches ``first``, ``first + 1``, ...
+    """
+
+    __slots__ = ("logps", "version", "window")
+
+    def __init__(self, window: Any, version: int, first: int, logps: list[Tensor]) -> None:
+        self.window = window
+        self.version = version
+        self.logps: list[Tensor | None] = [None] * first + list(logps)
+
+    def answers(self, slot: WindowSlot, version: int) -> bool:
+        """Whether the log-probs of ``slot`` are held, computed by reference ``version``."""
+        if self.window is not slot.window or self.version != version:
+            return False
+        return slot.position < len(self.logps) and self.logps[slot.position] is not None
+
+    def take(self, position: int) -> Tensor:
+        """Hand out micro-batch ``position``'s log-probs and let go of them."""
+        logps, self.logps[position] = self.logps[position], None
+        assert logps is not None
+        return logps
+
+    @property
+    def holds_nothing(self) -> bool:
+        """Whether every computed log-prob has been handed out."""
+        return all(item is None for item in self.logps)
 
 
 def _device_batches(first: Any, later: list[Any], scorer: ReferenceScorer) -> Iterator[Any]:
