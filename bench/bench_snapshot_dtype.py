@@ -18,7 +18,7 @@ import torch
 from lightning_dpo.data import PreferenceDataModule
 from lightning_dpo.losses import PairLogps, dpo_loss
 from lightning_dpo.policy import build_tiny_llama
-from lightning_dpo.reference import HostSnapshotReference, reference_context
+from lightning_dpo.reference import HostSnapshotReference, SnapshotPlacement, reference_context
 from lightning_dpo.scoring import ScoringPlan, sequence_logps
 
 SIZES = {
@@ -50,7 +50,9 @@ def pair_logps(snapshot, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def compare(model, batches) -> tuple[torch.Tensor, torch.Tensor, float, tuple[int, int]]:
     """Exact and bf16 reference log-probs, step-0 DPO loss with bf16, host bytes."""
     exact = HostSnapshotReference.capture(model)
-    half = HostSnapshotReference.capture(model, dtype=torch.bfloat16)
+    half = HostSnapshotReference.capture(
+        model, SnapshotPlacement.decide(model, dtype=torch.bfloat16)
+    )
     exact_rows, half_rows, losses = [], [], []
     for batch in batches:
         policy = pair_logps(exact, model, batch)  # at step 0 the policy is the reference

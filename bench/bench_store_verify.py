@@ -44,7 +44,7 @@ from lightning_dpo import PreferenceDataModule
 from lightning_dpo.checkpoint_checks import check_checkpoint_file
 from lightning_dpo.data import token_cache
 from lightning_dpo.integrity import directory_problem
-from lightning_dpo.reference.cache_store import ReferenceLogpsCache, read_verified_table
+from lightning_dpo.reference.cache.store import ReferenceLogpsCache, read_verified_table
 
 
 def token_store(args: argparse.Namespace, directory: Path) -> Path:

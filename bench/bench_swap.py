@@ -48,7 +48,7 @@ from _models import (
 )
 from torch import nn
 
-from lightning_dpo.reference import HostSnapshotReference, reference_context
+from lightning_dpo.reference import HostSnapshotReference, SnapshotPlacement, reference_context
 
 REPEATS = {"tiny": 20, "1M": 40, "10M": 15, "100M": 7}
 """Timed rounds per size (after one warm-up round)."""
@@ -70,14 +70,16 @@ def naive_bracket(model: nn.Module, reference: dict[str, torch.Tensor]) -> Itera
 def brackets(model: nn.Module, device: torch.device) -> dict[str, Bracket]:
     """The bracket of each method, over a reference equal to the model as it is now."""
     reference = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    copy = HostSnapshotReference.capture(model, swap_mode="copy")
-    auto = HostSnapshotReference.capture(model, swap_mode="auto")
+    copy = HostSnapshotReference.capture(model, SnapshotPlacement.decide(model, swap_mode="copy"))
+    auto = HostSnapshotReference.capture(model, SnapshotPlacement.decide(model, swap_mode="auto"))
     found: dict[str, Bracket] = {
         "naive (clone + load_state_dict x2)": lambda: naive_bracket(model, reference),
         "HostSnapshotReference copy": lambda: copy.reference(model),
     }
     if device.type == "cpu":
-        exchange = HostSnapshotReference.capture(model, swap_mode="exchange")
+        exchange = HostSnapshotReference.capture(
+            model, SnapshotPlacement.decide(model, swap_mode="exchange")
+        )
         found["HostSnapshotReference exchange"] = lambda: exchange.reference(model)
     found["callback bracket (auto + no_grad + eval)"] = lambda: reference_context(auto, model)
     return found

@@ -38,8 +38,8 @@ from lightning_dpo import PreferenceLoss
 from lightning_dpo.data.collate import collate_pairs
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import add_lora
-from lightning_dpo.reference import HostSnapshotReference, reference_context
-from lightning_dpo.reference.adapters import AdapterDisabledReference
+from lightning_dpo.reference import HostSnapshotReference, SnapshotPlacement, reference_context
+from lightning_dpo.reference.weights.adapters import AdapterDisabledReference
 from lightning_dpo.scoring import ScoringPlan, pair_logps, sequence_logps
 
 SIZES_1B = {"1B": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 18}}
@@ -102,7 +102,9 @@ def bandwidth_rows(device: torch.device, quick: bool) -> list[list[str]]:
     target = torch.empty(nbytes, dtype=torch.uint8, device=device)
     copy_seconds = timed(lambda: target.copy_(host, non_blocking=pinned), device, 10)
     h2d = nbytes / copy_seconds / 1e9
-    snapshot = HostSnapshotReference.capture(policy, swap_mode="copy")
+    snapshot = HostSnapshotReference.capture(
+        policy, SnapshotPlacement.decide(policy, swap_mode="copy")
+    )
 
     def bracket() -> None:
         with snapshot.reference(policy):
@@ -171,7 +173,9 @@ def memory_rows(device: torch.device, quick: bool) -> list[list[str]]:
             resident = copy.deepcopy(policy).requires_grad_(False)
             reference = None
         else:
-            reference = HostSnapshotReference.capture(policy, swap_mode="copy")
+            reference = HostSnapshotReference.capture(
+                policy, SnapshotPlacement.decide(policy, swap_mode="copy")
+            )
         data = batch(device, policy.config.vocab_size)["packed"]
         trainable = [p for p in policy.parameters() if p.requires_grad]
         dpo_step(policy, reference, data, torch.optim.AdamW(trainable, lr=1e-6), resident)

@@ -7,7 +7,7 @@ opens the file first (memory-mapped: the tensors are not read), and
 :func:`check_resumable` compares what it holds with the live module before Lightning
 loads it. Both raise :class:`~lightning_dpo.errors.CheckpointError`, which ``train.py``
 prints as one line without a traceback. A missing reference state is the reference
-callback's to refuse (:func:`~lightning_dpo.reference.selection.missing_state`).
+callback's to refuse (:func:`~lightning_dpo.reference.weights.selection.missing_state`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_dpo.data import PreferenceDataModule
-from lightning_dpo.reference.cache_store import compute_pair_logps, read_verified_table
+from lightning_dpo.reference.cache.store import compute_pair_logps, read_verified_table
 from tests.helpers import PAGE, initial_policy, reference_logps, run_two_ranks
 
 pytestmark = pytest.mark.slow  # every test runs two ranks in processes of their own

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
+import lightning_dpo
 from lightning_dpo.reference import (
     AdapterDisabledReference,
     HostSnapshotReference,
+    SnapshotPlacement,
     eval_mode,
     reference_context,
 )
+from lightning_dpo.reference.node_share import NodeShare
 from lightning_dpo.scoring import sequence_logps
 from tests.helpers import plan_for
 
@@ -204,3 +208,29 @@ def test_chunked_sequence_logps_equal_plain_on_a_model(tiny_policy, batch):
         chunked = sequence_logps(tiny_policy, batch, plan_for(tiny_policy, batch, False, 5))
     torch.testing.assert_close(chunked.sums, plain.sums, rtol=1e-6, atol=1e-5)
     assert torch.equal(chunked.token_counts, plain.token_counts)
+
+
+def test_one_placement_serves_a_fresh_and_a_restored_snapshot(tiny_policy):
+    """Pinning, swaps and the node share are decided once; a recorded snapshot keeps its dtype."""
+    share = NodeShare(0, 2, 0, "token", barrier=lambda: None, pin=True)
+    placement = SnapshotPlacement.decide(tiny_policy, torch.bfloat16, "copy", share)
+    assert placement.pin is False  # host parameters: nothing to pin
+    assert placement.share == NodeShare(0, 2, 0, "token", placement.share.barrier, pin=False)
+    fresh = HostSnapshotReference.capture(tiny_policy, placement.unshared())
+    assert {t.dtype for t in fresh.snapshot.values()} == {torch.bfloat16}
+    restored = HostSnapshotReference.from_state(
+        fresh.state_dict(), tiny_policy, placement.unshared(), "step4.ckpt"
+    )
+    assert restored.placement == placement.unshared().keeping_dtypes()
+    assert (restored.pin_memory, restored.swap_mode) == (fresh.pin_memory, fresh.swap_mode)
+    assert restored.fingerprint == fresh.fingerprint
+
+
+def test_pinning_is_decided_in_one_place():
+    package = Path(lightning_dpo.__file__).parent
+    deciding = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "is_cuda" in path.read_text()  # whether the policy is on a CUDA device
+    )
+    assert deciding == ["reference/weights/placement.py"]

@@ -12,7 +12,7 @@ from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.policy import build_policy
-from lightning_dpo.reference.by_address import KIND
+from lightning_dpo.reference.weights.by_address import KIND
 from tests.helpers import (
     RecordBatches,
     dpo_module,

@@ -13,7 +13,7 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.errors import CheckpointError
-from lightning_dpo.reference.cache_store import (
+from lightning_dpo.reference.cache.store import (
     TABLE_KEY,
     ReferenceLogpsCache,
     compute_pair_logps,
@@ -188,7 +188,7 @@ def test_a_cached_table_that_does_not_verify_is_reported_recomputed_and_replaced
     paths = sorted((tmp_path / "c").glob("*.pt"))
     for path in paths:
         damage(path)
-    with caplog.at_level(logging.WARNING, logger="lightning_dpo.reference.cache_build"):
+    with caplog.at_level(logging.WARNING, logger="lightning_dpo.reference.cache.build"):
         second, _, _ = _fit(tmp_path, copy.deepcopy(initial), tokenizer, tmp_path / "c")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for path in paths:  # each named, with what failed

@@ -13,7 +13,11 @@ import torch
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.policy import build_policy, has_trained_adapter
-from lightning_dpo.reference import AdapterDisabledReference, HostSnapshotReference
+from lightning_dpo.reference import (
+    AdapterDisabledReference,
+    HostSnapshotReference,
+    SnapshotPlacement,
+)
 from lightning_dpo.reference.strategies import check_supported_strategy
 from tests.helpers import (
     TINY_POLICY,
@@ -94,7 +98,9 @@ def test_both_swap_modes_give_bitwise_the_same_reference(tmp_path, tokenizer, sw
 
 def test_bf16_snapshot_halves_host_memory_and_stays_close(tiny_policy, batch):
     exact = HostSnapshotReference.capture(tiny_policy)
-    half = HostSnapshotReference.capture(tiny_policy, dtype=torch.bfloat16)
+    half = HostSnapshotReference.capture(
+        tiny_policy, SnapshotPlacement.decide(tiny_policy, dtype=torch.bfloat16)
+    )
     assert half.nbytes * 2 == exact.nbytes
     with torch.no_grad():
         for param in tiny_policy.parameters():

@@ -87,6 +87,7 @@ def test_lora_tr_dpo_keeps_a_frozen_adapter_copy_starting_at_the_base(
         ({"sync_every": 2, "mode": "disable_adapters"}, "bare base model"),
         ({"sync_every": 0}, "sync_every must be a positive integer"),
         ({"sync_every": 2, "sync_alpha": 0.0}, r"sync_alpha must be in \(0, 1\]"),
+        ({"swap_mode": "swap"}, r"swap_mode must be one of \('auto', 'copy', 'exchange'\)"),
     ],
 )
 def test_tr_dpo_settings_that_cannot_apply_are_refused(kwargs, message):

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lightning_dpo.policy import is_peft_model
-from lightning_dpo.reference.weights import HasWeights
+from lightning_dpo.reference.weights.base import HasWeights
 from lightning_dpo.wiring import Wired, Wiring
 
 BASE_MODEL_SUBDIR = "base_model"

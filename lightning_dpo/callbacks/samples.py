@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lightning_dpo.reference.weights import HasWeights, eval_mode, reference_context
+from lightning_dpo.reference.weights.base import HasWeights, eval_mode, reference_context
 from lightning_dpo.wiring import Wired, Wiring
 
 COLUMNS = ("prompt", "chosen (data)", "completion")

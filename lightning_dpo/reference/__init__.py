@@ -1,37 +1,31 @@
-"""Everything about pi_ref, the frozen reference policy every loss compares against.
+"""Everything about pi_ref, the frozen reference policy every loss compares against, by role.
 
 - :mod:`~lightning_dpo.reference.callback`: :class:`ReferenceSwapCallback`, which gives
-  every batch its reference log-probs.
-- Weight references (one role, :class:`~lightning_dpo.reference.weights.WeightReference`):
-  :mod:`~lightning_dpo.reference.host_snapshot` (the host snapshot swapped in) and
-  :mod:`~lightning_dpo.reference.adapters` (peft adapters disabled);
-  :mod:`~lightning_dpo.reference.weights` (the role, no grad and eval mode around it);
-  :mod:`~lightning_dpo.reference.selection` (which one a run gets, or a checkpoint holds).
-- Log-prob sources (another role): :mod:`~lightning_dpo.reference.sources` (a swapped
-  forward, or a cache lookup).
-- The cache: :mod:`~lightning_dpo.reference.cache_store` (its key and tables) and
-  :mod:`~lightning_dpo.reference.cache_build` (filling and loading it).
+  every batch its reference log-probs; :mod:`~lightning_dpo.reference.origins`: where a
+  run's reference comes from (the policy at fit start, the cache, a checkpoint).
+- :mod:`~lightning_dpo.reference.weights`: weight references, the ways to make the live
+  policy be pi_ref (a host snapshot swapped in, placed once per run; peft adapters off).
+- :mod:`~lightning_dpo.reference.sources`: log-prob sources (a forward with the weights
+  swapped in, one per optimizer step under accumulation; or a cache lookup).
+- :mod:`~lightning_dpo.reference.cache`: the precomputed log-prob cache (key, tables).
+- :mod:`~lightning_dpo.reference.node_share`: one host snapshot per node under DDP.
 - :mod:`~lightning_dpo.reference.contract` (what the module must offer),
   :mod:`~lightning_dpo.reference.settings`, :mod:`~lightning_dpo.reference.strategies`
   (the Lightning strategies supported).
 """
 
-from lightning_dpo.reference.adapters import AdapterDisabledReference
 from lightning_dpo.reference.callback import ReferenceSwapCallback
-from lightning_dpo.reference.host_snapshot import (
-    SWAP_MODES,
-    HostSnapshotReference,
-    SwapMode,
-    snapshot_fingerprint,
-)
 from lightning_dpo.reference.sources import CachedSource, LogpsSource, SwapSource
-from lightning_dpo.reference.weights import (
+from lightning_dpo.reference.weights.adapters import AdapterDisabledReference
+from lightning_dpo.reference.weights.base import (
     WeightReference,
     eval_mode,
     local_tensor,
     reference_context,
     trainable_parameters,
 )
+from lightning_dpo.reference.weights.placement import SWAP_MODES, SnapshotPlacement, SwapMode
+from lightning_dpo.reference.weights.snapshot import HostSnapshotReference, snapshot_fingerprint
 
 __all__ = [
     "SWAP_MODES",
@@ -40,6 +34,7 @@ __all__ = [
     "HostSnapshotReference",
     "LogpsSource",
     "ReferenceSwapCallback",
+    "SnapshotPlacement",
     "SwapMode",
     "SwapSource",
     "WeightReference",

@@ -12,33 +12,14 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
-from lightning_dpo.errors import CheckpointError
-from lightning_dpo.integrity import is_sharded
-from lightning_dpo.reference.by_address import KIND, address_state, snapshot_from_address
-from lightning_dpo.reference.cache_build import (
-    PairIndexedData,
-    Share,
-    build_cached_source,
-    gather_from_ranks,
-    load_cached_source,
-)
-from lightning_dpo.reference.cache_store import (
-    ReferenceLogpsCache,
-    model_fingerprint,
-)
+from lightning_dpo.reference.cache.build import PairIndexedData
 from lightning_dpo.reference.contract import ReferenceScoredModule, check_module
-from lightning_dpo.reference.host_snapshot import HostSnapshotReference, SwapMode
-from lightning_dpo.reference.node_share import NodeShare
-from lightning_dpo.reference.selection import (
-    fresh_weights,
-    missing_state,
-    resolve_mode,
-    weights_from_state,
-)
+from lightning_dpo.reference.origins import ByAddress, cached_origin, fresh_origin, restored_origin
 from lightning_dpo.reference.settings import SNAPSHOT_DTYPES, ReferenceMode, check_settings
-from lightning_dpo.reference.sources import CachedSource, LogpsSource, ReferenceScorer, SwapSource
+from lightning_dpo.reference.sources import LogpsSource, ReferenceScorer
 from lightning_dpo.reference.strategies import check_supported_strategy, node_share
-from lightning_dpo.reference.weights import WeightReference
+from lightning_dpo.reference.weights.base import WeightReference
+from lightning_dpo.reference.weights.placement import SnapshotPlacement, SwapMode
 from lightning_dpo.wiring import Wired, Wiring
 
 
@@ -55,35 +36,27 @@ class ReferenceSwapCallback(Callback, Wired):
 
     Modes (the weight reference, :attr:`weights`):
 
-    - ``"snapshot"``: in ``on_fit_start``, after the strategy has placed the model, the
-      trainable parameters (a shard's local part) are copied to host memory (pinned on
-      CUDA; once per node under DDP); each reference forward swaps them into the live
-      weights and restores the training weights in a ``finally``. For a peft policy this
-      is a frozen copy of the initial adapter (small).
-    - ``"disable_adapters"``: peft policy; the reference is the bare base model, reached
-      by disabling the adapters; nothing is copied.
-    - ``"auto"``: a peft policy whose adapter is fresh (``lora_B`` all zero) gets
-      ``"disable_adapters"``; one that starts from a trained adapter gets
-      ``"snapshot"`` (reference = base + that adapter); any other model ``"snapshot"``.
+    - ``"snapshot"``: at fit start, once the strategy has placed the model, the trainable
+      parameters (a shard's local part; a peft policy's adapter) are copied to host memory
+      (:class:`~lightning_dpo.reference.weights.placement.SnapshotPlacement`: pinned on CUDA, once
+      per node under DDP) and swapped into the live weights around each reference forward.
+    - ``"disable_adapters"``: peft policy; the reference is the bare base model.
+    - ``"auto"``: ``"disable_adapters"`` for a peft policy with a fresh adapter (``lora_B``
+      all zero), else ``"snapshot"`` (reference = base + that adapter, or the weights).
 
-    Gradient accumulation: the first micro-batch of a window
-    (:class:`~lightning_dpo.data.windows.PlannedDataLoader`, as ``PreferenceDataModule``
-    serves them) brings its optimizer step's other micro-batches along, and all their
-    reference log-probs are computed inside one swap. Other batches get one swap each.
-
-    Checkpoints: the state records the reference and, for a snapshot, its weights and
-    fingerprint (one extra copy of the *trainable* parameters), or, when the snapshot is
-    the unchanged weights of ``pretrained``, that source and the fingerprint (by address).
-    A resumed run takes its reference from there, never from the resumed weights; a
-    checkpoint without that state, whose snapshot does not fit the model, or whose source
-    no longer matches, is refused.
+    Under gradient accumulation the first micro-batch of a window (as
+    ``PreferenceDataModule`` serves them) brings its optimizer step's others along: one
+    swap per step. Checkpoints record the reference (:mod:`~lightning_dpo.reference.origins`):
+    a snapshot's weights and fingerprint, or its pretrained source by address, or the
+    cache's keys; a resumed run takes its reference from there, never from the resumed
+    weights, and refuses a checkpoint without it or whose reference does not fit.
 
     Args:
         mode: Which reference to use, see above.
         snapshot_dtype: Keep the host snapshot in ``"bfloat16"`` or ``"float16"`` (half
             the host memory; the reference weights are rounded) or ``None`` (exact).
         swap_mode: ``"auto"``, ``"copy"`` or ``"exchange"``; see
-            :class:`~lightning_dpo.reference.host_snapshot.HostSnapshotReference`.
+            :class:`~lightning_dpo.reference.weights.snapshot.HostSnapshotReference`.
         sync_every: TR-DPO (Gorbatovski et al. 2024, https://arxiv.org/abs/2404.09656):
             every ``sync_every`` optimizer steps, move the reference towards the policy,
             ``ref <- (1 - sync_alpha) * ref + sync_alpha * policy``. ``None`` keeps the
@@ -107,7 +80,7 @@ class ReferenceSwapCallback(Callback, Wired):
         pretrained: The pretrained model the policy was loaded from (``model.pretrained``).
             When the snapshot is its unchanged weights (checked at fit start; one process,
             no TR-DPO), checkpoints name it by address instead of holding a copy
-            (:mod:`~lightning_dpo.reference.by_address`); resume rebuilds it from there.
+            (:mod:`~lightning_dpo.reference.weights.by_address`); resume rebuilds it from there.
         embed_snapshot: Keep the snapshot in every checkpoint even when it could be named
             by address: for checkpoints that will move without their pretrained source.
     """
@@ -125,7 +98,7 @@ class ReferenceSwapCallback(Callback, Wired):
         pretrained: str | None = None,
         embed_snapshot: bool = False,
     ) -> None:
-        check_settings(mode, snapshot_dtype, sync_every, sync_alpha, logps_cache_dir)
+        check_settings(mode, snapshot_dtype, swap_mode, sync_every, sync_alpha, logps_cache_dir)
         self.mode = mode
         self.snapshot_dtype = snapshot_dtype
         self.swap_mode = swap_mode
@@ -274,80 +247,24 @@ class ReferenceSwapCallback(Callback, Wired):
     ) -> LogpsSource:
         """The reference of this run: from the checkpoint, the cache, or the policy now."""
         if self._restored_state is not None or trainer.ckpt_path is not None:
-            return self._restored_source(str(trainer.ckpt_path), module, trainer)
-        if self.logps_cache_dir is not None:
-            return self._cached_source(trainer, module, scorer)
-        moving = self.sync_every is not None
-        mode = resolve_mode(self.mode, module.policy, moving_reference=moving)
+            state, self._restored_state = self._restored_state, None
+            placement = self._placement(trainer, module.policy)
+            where = str(trainer.ckpt_path)
+            origin = restored_origin(state, where, module.policy, placement, self)
+        elif self.logps_cache_dir is not None:
+            data = self.datamodule if self.datamodule is not None else trainer.datamodule
+            origin = cached_origin(trainer, module, data, self.logps_cache_dir, scorer)
+        else:
+            placement = self._placement(trainer, module.policy)
+            address = ByAddress(self.pretrained, self.embed_snapshot, self.snapshot_dtype)
+            moving = self.sync_every is not None
+            world = trainer.world_size
+            origin = fresh_origin(module.policy, self.mode, placement, moving, address, world)
+        self._address, self._last_sync_step = origin.address, origin.last_sync_step
+        return origin.source
+
+    def _placement(self, trainer: pl.Trainer, policy: nn.Module) -> SnapshotPlacement:
+        """How this run keeps a host snapshot: decided here only, alike at start and resume."""
+        share = node_share(trainer) if self.share_snapshot else None
         dtype = SNAPSHOT_DTYPES[self.snapshot_dtype]
-        share = self._node_share(trainer)
-        weights = fresh_weights(module.policy, mode, dtype, self.swap_mode, share)
-        if self._by_address(weights, module.policy, trainer.world_size):
-            self._address = address_state(str(self.pretrained), weights, self.snapshot_dtype)
-            said = "name it by address:" if self._address else "embed it; it differs from"
-            rank_zero_info(f"Reference snapshot: checkpoints {said} {self.pretrained}")
-        return SwapSource(weights)
-
-    def _by_address(self, weights: WeightReference, policy: nn.Module, world_size: int) -> bool:
-        """Whether checkpoints may name the fresh snapshot ``weights`` by its source.
-
-        One process, a frozen reference (no TR-DPO), a host snapshot of unsharded weights,
-        a source named and not ``embed_snapshot``.
-        """
-        if self.pretrained is None or self.embed_snapshot or self.sync_every is not None:
-            return False
-        sharded = any(is_sharded(param) for param in policy.parameters())
-        return world_size == 1 and not sharded and isinstance(weights, HostSnapshotReference)
-
-    def _node_share(self, trainer: pl.Trainer) -> NodeShare | None:
-        """One host snapshot per node under DDP (``share_snapshot``), else ``None``."""
-        return node_share(trainer) if self.share_snapshot else None
-
-    def _cached_source(
-        self, trainer: pl.Trainer, module: ReferenceScoredModule, scorer: ReferenceScorer
-    ) -> CachedSource:
-        data = self.datamodule if self.datamodule is not None else trainer.datamodule
-        if not isinstance(data, PairIndexedData):
-            raise TypeError(
-                "logps_cache_dir needs data with fingerprint(split) and ordered_dataloader("
-                "split), such as lightning_dpo.PreferenceDataModule: pass it to fit, or as "
-                "ReferenceSwapCallback(datamodule=...)"
-            )
-
-        settings = {**module.logps_settings(), "precision": str(trainer.precision)}
-        store, reference = (
-            ReferenceLogpsCache(self.logps_cache_dir),
-            model_fingerprint(module.policy),
-        )
-        share = Share(trainer.global_rank, trainer.world_size, gather_from_ranks)
-        source = build_cached_source(store, reference, data, settings, scorer.pair_chunks, share)
-        trainer.strategy.barrier("reference_cache")
-        return source
-
-    def _restored_source(
-        self, where: str, module: ReferenceScoredModule, trainer: pl.Trainer
-    ) -> LogpsSource:
-        state, self._restored_state = self._restored_state, None
-        if not state:
-            raise missing_state(where, self.mode)
-        if state["reference"] == "cache":
-            if self.logps_cache_dir is None:
-                raise CheckpointError(
-                    f"{where} used a reference cache: set "
-                    "callbacks.reference.logps_cache_dir to resume"
-                )
-            return load_cached_source(
-                ReferenceLogpsCache(self.logps_cache_dir), state["cache_keys"]
-            )
-        self._last_sync_step = state.get("last_sync_step", 0)
-        if state["reference"] == KIND:
-            path = self.pretrained if self.pretrained is not None else state["source"]
-            weights = snapshot_from_address(state, path, module.policy, self.swap_mode, where)
-            rank_zero_info(f"Reference policy (snapshot) rebuilt from {path}, fingerprint checked.")
-            if not self.embed_snapshot:  # later checkpoints name it too, unless told not to
-                self._address = {k: v for k, v in state.items() if k != "last_sync_step"}
-                self._address["source"] = path
-            return SwapSource(weights)
-        share = self._node_share(trainer)
-        weights = weights_from_state(state, module.policy, self.swap_mode, where, share)
-        return SwapSource(weights)
+        return SnapshotPlacement.decide(policy, dtype, self.swap_mode, share)

@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from lightning_dpo.reference.weights.placement import SWAP_MODES
+
 ReferenceMode = Literal["auto", "snapshot", "disable_adapters"]
 MODES = ("auto", "snapshot", "disable_adapters")
 SNAPSHOT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -14,6 +16,7 @@ SNAPSHOT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.floa
 def check_settings(
     mode: str,
     snapshot_dtype: str | None,
+    swap_mode: str,
     sync_every: int | None,
     sync_alpha: float,
     logps_cache_dir: str | None,
@@ -29,6 +32,8 @@ def check_settings(
         raise ValueError(
             f"snapshot_dtype must be one of {list(SNAPSHOT_DTYPES)}, got {snapshot_dtype!r}"
         )
+    if swap_mode not in SWAP_MODES:
+        raise ValueError(f"swap_mode must be one of {SWAP_MODES}, got {swap_mode!r}")
     if sync_every is not None and (not isinstance(sync_every, int) or sync_every < 1):
         raise ValueError(f"sync_every must be a positive integer or None, got {sync_every!r}")
     if not 0.0 < sync_alpha <= 1.0:

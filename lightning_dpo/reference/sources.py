@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from lightning_dpo.batch import PAIR_INDEX_KEY, PreferenceBatch
 from lightning_dpo.data.windows import WindowSlot
-from lightning_dpo.reference.cache_store import PairChunk, pair_logps_chunks
-from lightning_dpo.reference.weights import WeightReference, reference_context
+from lightning_dpo.reference.cache.store import PairChunk, pair_logps_chunks
+from lightning_dpo.reference.weights.base import WeightReference, reference_context
 
 
 class ReferenceScorer:

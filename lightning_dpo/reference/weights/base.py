@@ -3,9 +3,9 @@
 A weight reference exposes one context manager, :meth:`WeightReference.reference`, inside
 which the live policy computes the reference policy, and which restores the training
 state on exit whether the body returned or raised. Two kinds exist:
-:class:`~lightning_dpo.reference.host_snapshot.HostSnapshotReference` (full-parameter
+:class:`~lightning_dpo.reference.weights.snapshot.HostSnapshotReference` (full-parameter
 training: a host copy swapped in) and
-:class:`~lightning_dpo.reference.adapters.AdapterDisabledReference` (peft: adapters off).
+:class:`~lightning_dpo.reference.weights.adapters.AdapterDisabledReference` (peft: adapters off).
 :func:`reference_context` adds what every reference forward needs: ``torch.no_grad()``
 and dropout off.
 """

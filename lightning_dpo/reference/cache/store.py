@@ -5,7 +5,7 @@ stored under a key made of the reference weights' fingerprint, the split's data
 fingerprint and the log-prob settings (:func:`cache_key`), with an xxh3 fingerprint of
 its values, checked on every load: a table that does not verify is never used
 (:class:`UnverifiedCacheError`). How a run fills or loads them is
-:mod:`lightning_dpo.reference.cache_build`.
+:mod:`lightning_dpo.reference.cache.build`.
 """
 
 from __future__ import annotations

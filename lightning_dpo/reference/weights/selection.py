@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.policy import has_trained_adapter, is_peft_model
-from lightning_dpo.reference.adapters import AdapterDisabledReference
-from lightning_dpo.reference.host_snapshot import HostSnapshotReference, SwapMode
-from lightning_dpo.reference.node_share import NodeShare
-from lightning_dpo.reference.weights import WeightReference
+from lightning_dpo.reference.weights.adapters import AdapterDisabledReference
+from lightning_dpo.reference.weights.base import WeightReference
+from lightning_dpo.reference.weights.placement import SnapshotPlacement
+from lightning_dpo.reference.weights.snapshot import HostSnapshotReference
 
 WEIGHT_KINDS: dict[str, type[HostSnapshotReference] | type[AdapterDisabledReference]] = {
     HostSnapshotReference.kind: HostSnapshotReference,
@@ -42,21 +41,13 @@ def resolve_mode(mode: str, policy: nn.Module, moving_reference: bool) -> str:
     return "snapshot"
 
 
-def fresh_weights(
-    policy: nn.Module,
-    mode: str,
-    snapshot_dtype: torch.dtype | None,
-    swap_mode: SwapMode,
-    share: NodeShare | None = None,
-) -> WeightReference:
+def fresh_weights(policy: nn.Module, mode: str, placement: SnapshotPlacement) -> WeightReference:
     """The reference of a fresh run: ``policy`` as it is now, said in the log.
 
     Args:
         policy: The placed (and, if so, sharded) policy before any update.
         mode: ``"snapshot"`` or ``"disable_adapters"`` (see :func:`resolve_mode`).
-        snapshot_dtype: dtype of the host snapshot, ``None`` for each parameter's own.
-        swap_mode: How the snapshot is swapped in.
-        share: Keep a snapshot once per node (DDP), or ``None``.
+        placement: How a host snapshot is kept (dtype, swaps, node share, pinning).
 
     Raises:
         TypeError: ``"disable_adapters"`` for a policy that is not a peft model.
@@ -72,7 +63,8 @@ def fresh_weights(
         else:
             rank_zero_info("Reference policy: the base model, with the adapters disabled.")
         return AdapterDisabledReference()
-    snapshot = HostSnapshotReference.capture(policy, snapshot_dtype, swap_mode, share)
+    snapshot = HostSnapshotReference.capture(policy, placement)
+    share = placement.share
     what = "the trained adapter" if is_peft_model(policy) else "the trainable weights"
     where = "per rank" if share is None else f"per node, shared by its {share.local_world} ranks"
     rank_zero_info(
@@ -94,20 +86,15 @@ def missing_state(where: str, mode: str) -> CheckpointError:
 
 
 def weights_from_state(
-    state: Mapping[str, Any],
-    policy: nn.Module,
-    swap_mode: SwapMode,
-    where: str,
-    share: NodeShare | None = None,
+    state: Mapping[str, Any], policy: nn.Module, placement: SnapshotPlacement, where: str
 ) -> WeightReference:
     """The weight reference recorded in a checkpoint's callback state, checked.
 
     Args:
         state: The callback state (``{"reference": kind, ...}``).
         policy: The live (resumed) policy.
-        swap_mode: How a restored snapshot is swapped in.
+        placement: How a restored snapshot is kept: the run's, as at a fresh start.
         where: The checkpoint, for messages.
-        share: Keep a restored snapshot once per node (DDP), or ``None``.
 
     Raises:
         CheckpointError: An unknown kind, or a snapshot that is corrupt or does not fit.
@@ -115,6 +102,6 @@ def weights_from_state(
     kind = state["reference"]
     if kind not in WEIGHT_KINDS:
         raise CheckpointError(f"{where}: unknown reference kind {kind!r} in the checkpoint")
-    weights = WEIGHT_KINDS[kind].from_state(state, policy, swap_mode, where, share)
+    weights = WEIGHT_KINDS[kind].from_state(state, policy, placement, where)
     rank_zero_info(f"Reference policy ({kind}) restored from the checkpoint.")
     return weights

@@ -57,9 +57,8 @@ class AdapterDisabledReference:
         cls,
         state: Mapping[str, Any],
         policy: nn.Module,
-        swap_mode: str,
+        placement: object,
         where: str,
-        share: object = None,
     ) -> AdapterDisabledReference:
-        """The adapter-disabled reference a checkpoint recorded (nothing to restore or share)."""
+        """The adapter-disabled reference a checkpoint recorded (nothing to restore or place)."""
         return cls()

@@ -4,7 +4,7 @@ For offline data the reference log-probs of a pair never change, so computing th
 every step of every epoch, and again in every run of a sweep over losses and betas, is
 waste. At fit start the policy *is* the reference: one pass over each split (no swap, no
 host snapshot) gives every pair's reference log-probs, saved under their
-:func:`~lightning_dpo.reference.cache_store.cache_key`. A later run with the same key
+:func:`~lightning_dpo.reference.cache.store.cache_key`. A later run with the same key
 loads them instead, whatever its number of processes. Under data parallelism each rank
 scores its share of the batches (the batches a single process would score, dealt between
 the ranks), the shares are gathered, and one rank writes: the table is bitwise the
@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch.distributed as dist
 
 from lightning_dpo.errors import CheckpointError
-from lightning_dpo.reference.cache_store import (
+from lightning_dpo.reference.cache.store import (
     PairChunk,
     ReferenceLogpsCache,
     UnverifiedCacheError,

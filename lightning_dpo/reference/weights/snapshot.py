@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.integrity import tensors_fingerprint
-from lightning_dpo.reference.node_share import NodeShare, shared_tensors
-from lightning_dpo.reference.weights import local_tensor, trainable_parameters
-
-SwapMode = Literal["auto", "copy", "exchange"]
-SWAP_MODES = ("auto", "copy", "exchange")
+from lightning_dpo.reference.node_share import shared_tensors
+from lightning_dpo.reference.weights.base import local_tensor, trainable_parameters
+from lightning_dpo.reference.weights.placement import SnapshotPlacement
 
 
 def _host_buffer_like(tensor: Tensor, pin_memory: bool, dtype: torch.dtype | None = None) -> Tensor:
@@ -50,7 +47,11 @@ class HostSnapshotReference:
     matched by name; for sharded (DTensor) parameters, only the rank-local shard.
     Entering :meth:`reference` puts the reference weights into the live parameters and
     leaving it puts the training weights back, one tensor at a time, so the device
-    never holds two copies of the model. Two ways to swap (``swap_mode``):
+    never holds two copies of the model.
+
+    How the snapshot is kept, the same for a fresh, restored or rebuilt one
+    (:class:`~lightning_dpo.reference.weights.placement.SnapshotPlacement`): its dtype, pinning,
+    node share and how it is swapped (``swap_mode``):
 
     - ``"exchange"``: the parameter's ``.data`` and the snapshot tensor trade places
       (no bytes move). Safe when both live on the host with the same dtype and the
@@ -63,59 +64,46 @@ class HostSnapshotReference:
 
     Args:
         snapshot: Reference weights by parameter name (host tensors).
-        pin_memory: Pin the host buffers (for fast, asynchronous device copies on CUDA).
-        dtype: Keep the snapshot in this dtype (e.g. ``torch.bfloat16`` halves host
-            memory, at the cost of rounding the reference weights); ``None`` keeps
-            each parameter's own dtype.
-        swap_mode: How to swap, see above.
-        share: Keep the snapshot once per node, in memory shared by the node's ranks
-            (:mod:`~lightning_dpo.reference.node_share`; DDP, where every rank holds the
-            same reference); ``None``: a copy of this process's own.
+        placement: How to keep and swap them (default: unpinned, each tensor's own dtype,
+            ``"auto"`` swaps, a copy of this process's own).
     """
 
     kind = "snapshot"
 
     def __init__(
-        self,
-        snapshot: dict[str, Tensor],
-        pin_memory: bool = False,
-        dtype: torch.dtype | None = None,
-        swap_mode: SwapMode = "auto",
-        share: NodeShare | None = None,
+        self, snapshot: dict[str, Tensor], placement: SnapshotPlacement | None = None
     ) -> None:
-        if swap_mode not in SWAP_MODES:
-            raise ValueError(f"swap_mode must be one of {SWAP_MODES}, got {swap_mode!r}")
-        self.pin_memory = pin_memory
-        self.swap_mode = swap_mode
-        self.share = share
-        if share is None:
+        self.placement = placement = placement or SnapshotPlacement()
+        self.pin_memory = placement.pin
+        self.swap_mode = placement.swap_mode
+        self.share = placement.share
+        dtype = placement.dtype
+        if self.share is None:
             self.snapshot = {
-                name: _host_buffer_like(tensor, pin_memory, dtype).copy_(tensor)
+                name: _host_buffer_like(tensor, self.pin_memory, dtype).copy_(tensor)
                 for name, tensor in snapshot.items()
             }
         else:
             specs = {n: (tuple(t.shape), dtype or t.dtype) for n, t in snapshot.items()}
-            self.snapshot = shared_tensors(specs, replace(share, pin=pin_memory), _filler(snapshot))
+            self.snapshot = shared_tensors(specs, self.share, _filler(snapshot))
         self._stash: dict[str, Tensor] = {}
         self._swapped: list[tuple[nn.Parameter, Tensor, bool]] = []
         self._fingerprint: str | None = None
 
     @classmethod
     def capture(
-        cls,
-        model: nn.Module,
-        dtype: torch.dtype | None = None,
-        swap_mode: SwapMode = "auto",
-        share: NodeShare | None = None,
+        cls, model: nn.Module, placement: SnapshotPlacement | None = None
     ) -> HostSnapshotReference:
-        """Snapshot the trainable parameters (local shards) of ``model`` as it is now."""
+        """Snapshot the trainable parameters (local shards) of ``model`` as it is now.
+
+        ``placement``: default :meth:`SnapshotPlacement.decide` for ``model`` (pinned on CUDA).
+        """
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no parameter that requires grad: nothing to snapshot")
-        pin = any(param.is_cuda for param in params.values()) and torch.cuda.is_available()
         with torch.no_grad():
             local = {name: local_tensor(param.detach()) for name, param in params.items()}
-            return cls(local, pin, dtype, swap_mode, share)
+            return cls(local, placement or SnapshotPlacement.decide(model))
 
     @property
     def nbytes(self) -> int:
@@ -218,18 +206,17 @@ class HostSnapshotReference:
         cls,
         state: Mapping[str, Any],
         policy: nn.Module,
-        swap_mode: SwapMode,
+        placement: SnapshotPlacement,
         where: str,
-        share: NodeShare | None = None,
     ) -> HostSnapshotReference:
         """The snapshot a checkpoint recorded, verified and matched to ``policy``.
 
         Args:
             state: What :meth:`state_dict` returned when the checkpoint was written.
             policy: The live (resumed) policy the reference is swapped into.
-            swap_mode: How the restored snapshot is swapped in.
+            placement: The run's placement; the recorded tensors keep their dtypes (the
+                reference is what was recorded, whatever ``snapshot_dtype`` says now).
             where: The checkpoint, for messages.
-            share: Keep it once per node (see the class).
 
         Raises:
             CheckpointError: The snapshot does not match its fingerprint, or the model.
@@ -240,8 +227,7 @@ class HostSnapshotReference:
                 f"the reference snapshot in {where} does not match its fingerprint: "
                 "the checkpoint is corrupt"
             )
-        pin = any(param.is_cuda for param in policy.parameters())
-        restored = cls(snapshot, pin_memory=pin, swap_mode=swap_mode, share=share)
+        restored = cls(snapshot, placement.keeping_dtypes())
         try:
             restored.check_compatible(policy)
         except RuntimeError as error:

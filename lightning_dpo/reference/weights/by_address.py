@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,10 @@ from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.policy import load_pretrained
-from lightning_dpo.reference.host_snapshot import (
-    HostSnapshotReference,
-    SwapMode,
-    snapshot_fingerprint,
-)
 from lightning_dpo.reference.settings import SNAPSHOT_DTYPES
-from lightning_dpo.reference.weights import trainable_parameters
+from lightning_dpo.reference.weights.base import trainable_parameters
+from lightning_dpo.reference.weights.placement import SnapshotPlacement
+from lightning_dpo.reference.weights.snapshot import HostSnapshotReference, snapshot_fingerprint
 
 KIND = "pretrained_address"
 """The kind a by-address checkpoint state records."""
@@ -77,9 +75,16 @@ def address_state(
 
 
 def snapshot_from_address(
-    state: Mapping[str, Any], path: str, policy: nn.Module, swap_mode: SwapMode, where: str
+    state: Mapping[str, Any],
+    path: str,
+    policy: nn.Module,
+    placement: SnapshotPlacement,
+    where: str,
 ) -> HostSnapshotReference:
     """The snapshot a by-address checkpoint names, rebuilt from ``path`` and checked.
+
+    Kept in the recorded ``snapshot_dtype`` (the fingerprint is of that), one copy for the
+    process (by address needs one process), otherwise as ``placement`` says.
 
     Raises:
         CheckpointError: ``path`` is gone, or its weights' fingerprint is not the recorded one.
@@ -100,7 +105,6 @@ def snapshot_from_address(
             f"{where} names its reference by address, {path}, whose weights are no longer the "
             f"run's reference (the file changed, or another model is there): {advice}"
         )
-    pin = any(param.is_cuda for param in policy.parameters()) and torch.cuda.is_available()
-    restored = HostSnapshotReference(parameters, pin, dtype, swap_mode)
+    restored = HostSnapshotReference(parameters, replace(placement.unshared(), dtype=dtype))
     restored.check_compatible(policy)
     return restored
