@@ -87,12 +87,12 @@ from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer, TrainerCallback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule, build_policy
-from lightning_dpo.data.batch_plan import BatchPlan
-from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.conversations import dialogue_pair
-from lightning_dpo.data.formats import FormatOptions, implicit_texts
-from lightning_dpo.data.sources import read_rows
-from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.data.batches.collate import collate_pairs
+from lightning_dpo.data.batches.plan import BatchPlan
+from lightning_dpo.data.batches.windows import PlannedDataLoader
+from lightning_dpo.data.records.conversations import dialogue_pair
+from lightning_dpo.data.records.formats import FormatOptions, implicit_texts
+from lightning_dpo.data.records.rows import read_rows
 from lightning_dpo.layouts.rows import lay_out, pair_tokens
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.pretrained import resolve_pretrained

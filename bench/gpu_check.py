@@ -35,7 +35,7 @@ import torch
 from _models import build_llama, markdown_table
 
 from lightning_dpo import PreferenceLoss
-from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.data.batches.collate import collate_pairs
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import HostSnapshotReference, SnapshotPlacement, reference_context

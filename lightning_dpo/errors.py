@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
 
-from lightning_dpo.data.records import DataValidationError
+from lightning_dpo.data.records.record import DataValidationError
 
 log = logging.getLogger(__name__)
 

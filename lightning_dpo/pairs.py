@@ -1,6 +1,6 @@
 """The record every stage shares: one preference pair as token ids (the ground floor).
 
-Made by the data's tokenisation (:mod:`lightning_dpo.data.tokenization`), laid out in rows
+Made by the data's tokenisation (:mod:`lightning_dpo.data.tokens.tokenization`), laid out in rows
 by :mod:`lightning_dpo.layouts`, probed by :mod:`lightning_dpo.scoring.probes`.
 """
 

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, STEP_PAIRS_KEY, WINDOW_KEY
 from lightning_dpo.data import collate_pairs
-from lightning_dpo.data.batch_plan import BatchPlan
-from lightning_dpo.data.windows import PlannedDataLoader, WindowedDataLoader, WindowSlot
+from lightning_dpo.data.batches.plan import BatchPlan
+from lightning_dpo.data.batches.windows import PlannedDataLoader, WindowedDataLoader, WindowSlot
 from lightning_dpo.training import build
 from tests.helpers import (
     FAST_OVERRIDES,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.data.batches.collate import collate_pairs
 from lightning_dpo.policy import add_lora, enable_activation_checkpointing
 from lightning_dpo.scoring import sequence_logps
 from lightning_dpo.training import train

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
-from lightning_dpo.data.batch_plan import BatchPlan
+from lightning_dpo.data.batches.plan import BatchPlan
 from tests.helpers import make_bare_trainer, small_datamodule
 
 SIZES = [5, 40, 12, 33, 8, 21, 17, 3, 29, 11, 26, 14, 9, 38, 2, 19, 23, 7, 31, 16]

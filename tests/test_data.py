@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import lightning_dpo.data.token_cache as token_cache_module
+import lightning_dpo.data.tokens.cache as token_cache_module
 from lightning_dpo.data import (
     DataValidationError,
     PreferenceDataModule,

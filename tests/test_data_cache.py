@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-import lightning_dpo.data.token_cache as token_cache_module
+import lightning_dpo.data.tokens.cache as token_cache_module
 from lightning_dpo.data import (
     DataValidationError,
     PreferenceDataModule,
     PreferenceRecord,
     collate_pairs,
 )
-from lightning_dpo.data.tokenization import tokenize_records
+from lightning_dpo.data.tokens.tokenization import tokenize_records
 from tests.helpers import flip_bytes_in_the_middle
 
 CORPUS = ["hello world", "the world is wide", "Q: hello world", "old bold world"] * 20
@@ -165,7 +165,7 @@ def test_a_token_cache_entry_that_does_not_verify_is_reported_never_used_and_rep
     assert len(entries) == 2 and calls["calls"] == 2  # train and val
     for entry in entries:
         damage(entry)
-    with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.token_cache"):
+    with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.tokens.cache"):
         second = PreferenceDataModule(**kwargs)
         second.setup()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lightning_dpo.data import DataValidationError, PreferenceDataModule
-from lightning_dpo.data.formats import FormatOptions
-from lightning_dpo.data.loading import load_records
+from lightning_dpo.data.records.formats import FormatOptions
+from lightning_dpo.data.records.reading import load_records
 from tests.helpers import chatml, chatml_ids, chatml_tokenizer, write_jsonl
 
 SYSTEM = {"role": "system", "content": "Be brief."}

@@ -13,8 +13,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from lightning_dpo.data import DataValidationError, PreferenceDataModule, build_char_tokenizer
-from lightning_dpo.data.formats import FormatOptions
-from lightning_dpo.data.loading import RewardDefaults, load_records
+from lightning_dpo.data.records.formats import FormatOptions
+from lightning_dpo.data.records.reading import RewardDefaults, load_records
 from tests.helpers import CHAT_TEMPLATE, write_jsonl
 
 HH = "\n\nHuman: sort 3 1 2\n\nAssistant:"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-import lightning_dpo.data.fingerprints as fingerprints_module
+import lightning_dpo.data.tokens.fingerprints as fingerprints_module
 from lightning_dpo.data import (
     DataValidationError,
     PreferenceDataModule,
@@ -24,8 +24,8 @@ from lightning_dpo.data import (
     load_records,
     load_tokenizer,
 )
-from lightning_dpo.data.fingerprints import texts_fingerprint, tokenizer_fingerprint
-from lightning_dpo.data.token_cache import cached_encodings
+from lightning_dpo.data.tokens.cache import cached_encodings
+from lightning_dpo.data.tokens.fingerprints import texts_fingerprint, tokenizer_fingerprint
 from tests.helpers import write_jsonl
 
 TRICKY = [

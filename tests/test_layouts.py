@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.data.batches.collate import collate_pairs
 from lightning_dpo.layouts.rows import pack_rows
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring import DEFAULT_LOGPS_CHUNK_SIZE, sequence_logps

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lightning_dpo.data.token_cache import MANIFEST
+from lightning_dpo.data.tokens.cache import MANIFEST
 from lightning_dpo.integrity import directory_problem
 from lightning_dpo.reference.cache.store import read_verified_table
 from tests.helpers import FAST_OVERRIDES, LEAN_OVERRIDES, REPO, script_env

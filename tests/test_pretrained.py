@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from lightning_dpo import pretrained
 from lightning_dpo.callbacks.export import BASE_MODEL_SUBDIR, export_policy
-from lightning_dpo.data.tokenizer_loading import load_tokenizer
+from lightning_dpo.data.tokens.tokenizer_loading import load_tokenizer
 from lightning_dpo.policy import build_policy, is_peft_model
 from lightning_dpo.pretrained import MANIFEST, resolve_pretrained
 from lightning_dpo.training import train

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from lightning_dpo import PreferenceLoss, PreferenceModule
-from lightning_dpo.data.collate import collate_pairs
+from lightning_dpo.data.batches.collate import collate_pairs
 from lightning_dpo.layouts import masks as mask_module
 from lightning_dpo.policy import add_lora
 from lightning_dpo.scoring import (

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from lightning_dpo.data import PreferenceRecord
-from lightning_dpo.data.tokenization import encode_records, special_prefix, tokenize_records
+from lightning_dpo.data.tokens.tokenization import encode_records, special_prefix, tokenize_records
 from tests.helpers import chatml, chatml_ids, chatml_tokenizer
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz ?!.<>/"

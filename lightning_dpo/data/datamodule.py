@@ -9,16 +9,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.fingerprints import pairs_fingerprint, tokenizer_fingerprint
-from lightning_dpo.data.formats import DEFAULT_TURN_MARKERS, FormatOptions
-from lightning_dpo.data.loaders import pair_loader
-from lightning_dpo.data.preparation import read_splits, tokenize_split
+from lightning_dpo.data.batches.loaders import pair_loader
+from lightning_dpo.data.pipeline import read_splits, tokenize_split
+from lightning_dpo.data.records.formats import DEFAULT_TURN_MARKERS, FormatOptions
+from lightning_dpo.data.records.rows import resolve_train_source
+from lightning_dpo.data.records.validation import SkipReport, check_on_invalid
 from lightning_dpo.data.report import SplitStats, announce
 from lightning_dpo.data.requirements import require_pair_fields
-from lightning_dpo.data.sources import resolve_train_source
-from lightning_dpo.data.tokenization import resolve_max_prompt_length
-from lightning_dpo.data.tokenizer_loading import load_tokenizer
-from lightning_dpo.data.validation import SkipReport, check_on_invalid
+from lightning_dpo.data.tokens.fingerprints import pairs_fingerprint, tokenizer_fingerprint
+from lightning_dpo.data.tokens.tokenization import resolve_max_prompt_length
+from lightning_dpo.data.tokens.tokenizer_loading import load_tokenizer
 from lightning_dpo.layouts.rows import check_layout
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.plan import ScoringPlan
@@ -33,7 +33,7 @@ class PreferenceDataModule(L.LightningDataModule):
       held-out validation prompts and verifiable rewards (chosen 1.0, rejected the
       fraction of positions it gets right), so every loss, RPO included, runs on it
       (see :func:`generate_sort_splits`);
-    * ``train_file`` only: any source :func:`~lightning_dpo.data.sources.read_rows` reads
+    * ``train_file`` only: any source :func:`~lightning_dpo.data.records.rows.read_rows` reads
       (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, a folder of them, a
       ``save_to_disk`` folder, a Hub dataset already in the local cache), with
       ``val_fraction`` of its distinct prompts held out (:func:`split_by_prompt`, seeded);
@@ -68,7 +68,7 @@ class PreferenceDataModule(L.LightningDataModule):
             a longer prompt is cut from its start (its latest turns stay). ``None``
             (default): a prompt is cut only when the longer response would not fit, as
             far as it needs, but never below ``max_length // 2``
-            (:func:`~lightning_dpo.data.tokenization.prompt_budget`).
+            (:func:`~lightning_dpo.data.tokens.tokenization.prompt_budget`).
         num_workers: DataLoader worker processes.
         path: Alias of ``train_file`` (``data.path=...``).
         require_file: Refuse to fall back to the embedded task when no file is given.
@@ -76,7 +76,7 @@ class PreferenceDataModule(L.LightningDataModule):
         val_split: Split of a ``DatasetDict``/Hub ``val_file``.
         format: ``"auto"`` (detected from the first record), ``"explicit"``,
             ``"implicit"``, ``"conversational"`` (TRL's message lists), ``"sharegpt"``
-            or ``"openai"`` (:mod:`lightning_dpo.data.conversations`).
+            or ``"openai"`` (:mod:`lightning_dpo.data.records.conversations`).
         columns: Our field -> the data's column, e.g. ``{"prompt": "question",
             "chosen": "response_j", "rejected": "response_k"}``.
         turn_markers: Turn boundaries that end an implicit prompt.

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.records import PreferenceRecord, format_location
-from lightning_dpo.data.tokenization import BuiltPairs, Encoding
-from lightning_dpo.data.validation import SkipReport
+from lightning_dpo.data.records.record import PreferenceRecord, format_location
+from lightning_dpo.data.records.validation import SkipReport
+from lightning_dpo.data.tokens.tokenization import BuiltPairs, Encoding
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # printed instead when logging is not set up

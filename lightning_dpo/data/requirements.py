@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import fields as dataclass_fields
 
-from lightning_dpo.data.records import DataValidationError, format_location
+from lightning_dpo.data.records.record import DataValidationError, format_location
 from lightning_dpo.pairs import TokenizedPair
 
 PAIR_FIELDS = frozenset(f.name for f in dataclass_fields(TokenizedPair))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dpo.batch import PAIR_INDEX_KEY, PreferenceBatch
-from lightning_dpo.data.windows import WindowSlot
+from lightning_dpo.data.batches.windows import WindowSlot
 from lightning_dpo.reference.cache.store import PairChunk, pair_logps_chunks
 from lightning_dpo.reference.weights.base import WeightReference, reference_context
 

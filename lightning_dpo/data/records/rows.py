@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from lightning_dpo.data.records import DataValidationError
+from lightning_dpo.data.records.record import DataValidationError
 
 #: File endings read by :func:`read_rows`, alone or in a folder.
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")

@@ -8,15 +8,15 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.formats import FormatOptions
-from lightning_dpo.data.loading import RewardDefaults, load_records
-from lightning_dpo.data.records import DataValidationError, PreferenceRecord
+from lightning_dpo.data.records.formats import FormatOptions
+from lightning_dpo.data.records.reading import RewardDefaults, load_records
+from lightning_dpo.data.records.record import DataValidationError, PreferenceRecord
+from lightning_dpo.data.records.sort_task import generate_sort_splits
+from lightning_dpo.data.records.splits import split_by_prompt
+from lightning_dpo.data.records.validation import SkipReport, apply_policy
 from lightning_dpo.data.report import SplitStats, split_stats
-from lightning_dpo.data.sort_task import generate_sort_splits
-from lightning_dpo.data.splits import split_by_prompt
-from lightning_dpo.data.token_cache import cached_encodings
-from lightning_dpo.data.tokenization import build_pairs
-from lightning_dpo.data.validation import SkipReport, apply_policy
+from lightning_dpo.data.tokens.cache import cached_encodings
+from lightning_dpo.data.tokens.tokenization import build_pairs
 from lightning_dpo.pairs import TokenizedPair
 
 Records = list[PreferenceRecord]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.fingerprints import texts_fingerprint, tokenizer_fingerprint
-from lightning_dpo.data.records import PreferenceRecord
-from lightning_dpo.data.tokenization import Encoding, encode_records
+from lightning_dpo.data.records.record import PreferenceRecord
+from lightning_dpo.data.tokens.fingerprints import texts_fingerprint, tokenizer_fingerprint
+from lightning_dpo.data.tokens.tokenization import Encoding, encode_records
 from lightning_dpo.integrity import directory_problem, write_manifest
 
 log = logging.getLogger(__name__)

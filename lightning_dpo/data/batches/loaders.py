@@ -7,9 +7,9 @@ from functools import partial
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.batch_plan import BatchPlan
-from lightning_dpo.data.collate import collate_pairs
-from lightning_dpo.data.windows import PlannedDataLoader
+from lightning_dpo.data.batches.collate import collate_pairs
+from lightning_dpo.data.batches.plan import BatchPlan
+from lightning_dpo.data.batches.windows import PlannedDataLoader
 from lightning_dpo.layouts.rows import pair_tokens
 from lightning_dpo.pairs import TokenizedPair
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.records import PreferenceRecord, format_location
-from lightning_dpo.data.validation import RecordProblem, apply_policy
+from lightning_dpo.data.records.record import PreferenceRecord, format_location
+from lightning_dpo.data.records.validation import RecordProblem, apply_policy
 from lightning_dpo.pairs import TokenizedPair
 
 #: Token ids of one record's texts as tokenised, before any cut: ``(prompt, chosen, rejected)``.
@@ -70,7 +70,7 @@ def encode_records(
     prompt gets the tokenizer's own :func:`special_prefix` (BOS exactly once: never added
     to a prompt that starts with it), a text response the EOS token (once: not added after
     one that ends with it). A record rendered by a chat template
-    (:attr:`~lightning_dpo.data.records.PreferenceRecord.templated`) is tokenised as
+    (:attr:`~lightning_dpo.data.records.record.PreferenceRecord.templated`) is tokenised as
     rendered, nothing added: the template wrote its BOS and end-of-turn tokens.
 
     Encoding the texts separately (not their concatenation) is what makes the

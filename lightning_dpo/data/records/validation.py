@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_dpo.data.records import DataValidationError
+from lightning_dpo.data.records.record import DataValidationError
 
 ON_INVALID_CHOICES = ("error", "skip")
 #: Reasons a record is refused, as counted in skip mode.

@@ -2,7 +2,7 @@
 
 With ``Trainer(accumulate_grad_batches=k)`` one optimizer step consumes ``k``
 micro-batches. :class:`PlannedDataLoader` collates those ``k`` together (a *window*, as
-:class:`~lightning_dpo.data.batch_plan.BatchPlan` plans them) and then yields them one by
+:class:`~lightning_dpo.data.batches.plan.BatchPlan` plans them) and then yields them one by
 one; :class:`WindowedDataLoader` does so for fixed-size micro-batches, exactly those a plain
 ``DataLoader`` with ``batch_size=micro_batch_size`` would yield, in the same order. Each
 micro-batch carries, under :data:`~lightning_dpo.batch.WINDOW_KEY`, a :class:`WindowSlot`:
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_dpo.batch import STEP_PAIRS_KEY, WINDOW_KEY
-from lightning_dpo.data.batch_plan import BatchPlan, PlannedFetch
+from lightning_dpo.data.batches.plan import BatchPlan, PlannedFetch
 
 
 class MicroBatchWindow:
@@ -81,7 +81,7 @@ class WindowSlot:
 
 
 class _FetchedItems(Dataset):
-    """The items of a :class:`~lightning_dpo.data.batch_plan.PlannedFetch`, by micro-batch."""
+    """The items of a :class:`~lightning_dpo.data.batches.plan.PlannedFetch`, by micro-batch."""
 
     def __init__(self, items: Sequence[Any]) -> None:
         self.items = items
@@ -193,7 +193,7 @@ class WindowedDataLoader(PlannedDataLoader):
     yields, in the same order, each carrying its :class:`WindowSlot`, so that
     ``ReferenceSwapCallback`` computes a whole optimizer step's reference log-probs in one
     swap. Under data parallelism the micro-batches are dealt between the ranks
-    (:class:`~lightning_dpo.data.batch_plan.BatchPlan`). The window only groups collation
+    (:class:`~lightning_dpo.data.batches.plan.BatchPlan`). The window only groups collation
     (it may differ from the accumulation): no ``step_pairs``, so each micro-batch's loss is
     its own mean, as with a plain loader.
 

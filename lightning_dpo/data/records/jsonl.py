@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from lightning_dpo.data.formats import FormatOptions
-from lightning_dpo.data.loading import load_records
-from lightning_dpo.data.records import PreferenceRecord
+from lightning_dpo.data.records.formats import FormatOptions
+from lightning_dpo.data.records.reading import load_records
+from lightning_dpo.data.records.record import PreferenceRecord
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[PreferenceRecord]:
@@ -16,7 +16,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[PreferenceRecord]:
     ``rejected`` (responses different, at most one of them empty) and optionally both numeric
     ``chosen_reward`` and ``rejected_reward``; rewards must be on every record or on none.
     Other fields are ignored. Every line is validated before anything is returned. For
-    the other formats and sources use :func:`~lightning_dpo.data.loading.load_records`.
+    the other formats and sources use :func:`~lightning_dpo.data.records.reading.load_records`.
 
     Args:
         path: File to read (UTF-8, optionally ``.gz``).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lightning_dpo.data.validation import RecordProblem, show
+from lightning_dpo.data.records.validation import RecordProblem, show
 
 Message = dict[str, str]
 

@@ -2,7 +2,7 @@
 
 The plain-text formats turn one raw row into ``(prompt, chosen, rejected)`` strings, the
 conversation formats (``conversational``, ``sharegpt``, ``openai``:
-:mod:`lightning_dpo.data.conversations`) into messages the chat template renders; each
+:mod:`lightning_dpo.data.records.conversations`) into messages the chat template renders; each
 raises a :class:`RecordProblem` naming the field and what was expected.
 
 Empty responses are valid: an empty string (explicit format) or nothing after the shared
@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_dpo.data.records import is_empty_response
-from lightning_dpo.data.validation import RecordProblem, show
+from lightning_dpo.data.records.record import is_empty_response
+from lightning_dpo.data.records.validation import RecordProblem, show
 
 FORMATS = ("auto", "explicit", "implicit", "conversational", "sharegpt", "openai")
 #: Formats whose records are messages, always rendered by the tokenizer's chat template.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.byte_tokenizer import build_byte_tokenizer
-from lightning_dpo.data.char_tokenizer import build_char_tokenizer
+from lightning_dpo.data.tokens.byte_tokenizer import build_byte_tokenizer
+from lightning_dpo.data.tokens.char_tokenizer import build_char_tokenizer
 from lightning_dpo.pretrained import resolve_pretrained
 
 
@@ -21,10 +21,10 @@ def load_tokenizer(
       the pretrained model's) or of a GGUF file
       (:func:`~lightning_dpo.pretrained.resolve_pretrained`);
     * ``None`` with ``text_data`` (file data: ``train_file``/``path`` given):
-      :func:`~lightning_dpo.data.byte_tokenizer.build_byte_tokenizer`, which represents
+      :func:`~lightning_dpo.data.tokens.byte_tokenizer.build_byte_tokenizer`, which represents
       any UTF-8 text exactly (one token per byte, no ``<unk>``);
     * ``None`` without (the embedded digit-sorting task):
-      :func:`~lightning_dpo.data.char_tokenizer.build_char_tokenizer`, one token per
+      :func:`~lightning_dpo.data.tokens.char_tokenizer.build_char_tokenizer`, one token per
       character of the task's small alphabet (other characters would be ``<unk>``).
 
     When the tokenizer has no pad token its EOS token is used for padding (the given

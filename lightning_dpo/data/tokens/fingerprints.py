@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.records import PreferenceRecord
+from lightning_dpo.data.records.record import PreferenceRecord
 from lightning_dpo.pairs import TokenizedPair
 
 #: Bumped whenever the tokenised layout (BOS, EOS, truncation) changes meaning.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from lightning_dpo.data.records import DataValidationError, PreferenceRecord
+from lightning_dpo.data.records.record import DataValidationError, PreferenceRecord
 
 
 def split_by_prompt(

@@ -10,23 +10,23 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.chat import render, require_chat_template
-from lightning_dpo.data.conversations import (
+from lightning_dpo.data.records.chat import render, require_chat_template
+from lightning_dpo.data.records.conversations import (
     conversational_pair,
     dialogue_pair,
     openai_pair,
     sharegpt_pair,
 )
-from lightning_dpo.data.formats import (
+from lightning_dpo.data.records.formats import (
     FormatOptions,
     detect_format,
     explicit_texts,
     implicit_texts,
     unmatched_format,
 )
-from lightning_dpo.data.records import DataValidationError, PreferenceRecord, format_location
-from lightning_dpo.data.sources import RawRow, read_rows
-from lightning_dpo.data.validation import (
+from lightning_dpo.data.records.record import DataValidationError, PreferenceRecord, format_location
+from lightning_dpo.data.records.rows import RawRow, read_rows
+from lightning_dpo.data.records.validation import (
     RecordProblem,
     SkipReport,
     apply_policy,
@@ -88,7 +88,7 @@ class Reading:
     """How a source's records are read: their format, and whether the template renders them.
 
     Attributes:
-        format: One of :data:`~lightning_dpo.data.formats.FORMATS` but ``auto``.
+        format: One of :data:`~lightning_dpo.data.records.formats.FORMATS` but ``auto``.
         detected: Whether the format was detected from the first record (not configured).
         templated: Whether the texts are rendered by the tokenizer's chat template.
     """

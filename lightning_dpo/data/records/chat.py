@@ -4,7 +4,7 @@ The prompt is the conversation up to the generation prompt (``add_generation_pro
 response the rest of the whole conversation's rendering, end-of-turn included
 (``"Paris.<|im_end|>\\n"`` for ChatML): exactly what TRL's ``DPOTrainer`` tokenises for
 conversational data. Nothing is stripped and nothing added: the template writes BOS and
-the end of each turn (:attr:`~lightning_dpo.data.records.PreferenceRecord.templated`).
+the end of each turn (:attr:`~lightning_dpo.data.records.record.PreferenceRecord.templated`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_dpo.data.messages import Message
-from lightning_dpo.data.validation import RecordProblem, show
+from lightning_dpo.data.records.messages import Message
+from lightning_dpo.data.records.validation import RecordProblem, show
 
 
 def require_chat_template(tokenizer: PreTrainedTokenizerBase | None, fmt: str) -> None:

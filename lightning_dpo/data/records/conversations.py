@@ -1,4 +1,4 @@
-r"""Conversation formats: one raw row -> a :class:`~lightning_dpo.data.chat.Conversation`.
+r"""Conversation formats: one raw row -> a :class:`~lightning_dpo.data.records.chat.Conversation`.
 
 - ``conversational`` (TRL): ``prompt``/``chosen``/``rejected`` as message lists, or
   ``chosen``/``rejected`` as whole conversations with the prompt inside (UltraFeedback
@@ -9,7 +9,7 @@ r"""Conversation formats: one raw row -> a :class:`~lightning_dpo.data.chat.Conv
 - ``openai`` (OpenAI preference fine-tuning): ``input.messages``, ``preferred_output`` and
   ``non_preferred_output``;
 - plain hh-rlhf text, with ``data.chat_template=true``: ``\n\nHuman:`` / ``\n\nAssistant:``
-  turns parsed into messages (:func:`~lightning_dpo.data.messages.dialogue_messages`).
+  turns parsed into messages (:func:`~lightning_dpo.data.records.messages.dialogue_messages`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_dpo.data.chat import Conversation
-from lightning_dpo.data.formats import FormatOptions, check_different, sharegpt_history_column
-from lightning_dpo.data.messages import Message, dialogue_messages, messages, shared_prefix
-from lightning_dpo.data.validation import RecordProblem, show
+from lightning_dpo.data.records.chat import Conversation
+from lightning_dpo.data.records.formats import (
+    FormatOptions,
+    check_different,
+    sharegpt_history_column,
+)
+from lightning_dpo.data.records.messages import Message, dialogue_messages, messages, shared_prefix
+from lightning_dpo.data.records.validation import RecordProblem, show
 
 
 def _split_shared(prompt: list[Message], chosen: list[Message], rejected: list[Message]):

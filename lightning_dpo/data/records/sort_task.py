@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from lightning_dpo.data.records import PreferenceRecord
+from lightning_dpo.data.records.record import PreferenceRecord
 
 SEPARATOR = ">"
 DIGITS = "0123456789"

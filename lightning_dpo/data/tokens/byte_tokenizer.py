@@ -3,7 +3,7 @@
 Every byte is one token, so any text (capitals, newlines, emoji, CJK, curly quotes) is
 represented exactly and nothing is ever unknown: there is no ``<unk>`` token. It is the
 default for file data without a pretrained tokenizer (see
-:func:`~lightning_dpo.data.tokenizer_loading.load_tokenizer`), sized for the tiny model.
+:func:`~lightning_dpo.data.tokens.tokenizer_loading.load_tokenizer`), sized for the tiny model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lightning_dpo.data.char_tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, wrap_backend
+from lightning_dpo.data.tokens.char_tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, wrap_backend
 
 #: Special tokens, ids 0, 1, 2; byte ``b`` has id ``len(BYTE_SPECIAL_TOKENS) + b``.
 BYTE_SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
