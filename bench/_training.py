@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY, SCORE_LENGTHS_KEY
 from lightning_dpo.data import build_char_tokenizer
+from lightning_dpo.data.settings import BatchSettings, DataSource, TokenSettings
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import ReferenceSwapCallback
 from lightning_dpo.scoring import sequence_logps
@@ -112,7 +113,7 @@ def write_pairs(path: Path, pairs: int, length: int, seed: int = 0) -> None:
 
 
 def build_datamodule(
-    directory: Path, pairs: int, batch_size: int, length: int, reference_windows: bool = True
+    directory: Path, pairs: int, batch_size: int, length: int, step_windows: bool = True
 ) -> PreferenceDataModule:
     """The data module over freshly written random pairs (character tokenizer, given explicitly).
 
@@ -121,7 +122,7 @@ def build_datamodule(
         pairs: Pairs written (the validation split takes a tenth).
         batch_size: Pairs per (micro-)batch.
         length: Tokens per row.
-        reference_windows: ``PreferenceDataModule(reference_windows=...)``: under
+        step_windows: ``BatchSettings(step_windows=...)``: under
             gradient accumulation, collate each optimizer step's micro-batches together so
             the reference is swapped in once per step (only matters with
             ``accumulate_grad_batches > 1``).
@@ -129,12 +130,10 @@ def build_datamodule(
     file = directory / "pairs.jsonl"
     write_pairs(file, pairs, length)
     datamodule = PreferenceDataModule(
-        tokenizer=build_char_tokenizer(),  # file data would get the byte tokenizer
-        train_file=str(file),
-        val_fraction=0.1,
-        batch_size=batch_size,
-        max_length=length,
-        reference_windows=reference_windows,
+        tokenizer=build_char_tokenizer(),
+        source=DataSource(train_file=str(file), val_fraction=0.1),
+        batches=BatchSettings(batch_size=batch_size, step_windows=step_windows),
+        tokens=TokenSettings(max_length=length),
     )
     datamodule.setup()
     return datamodule

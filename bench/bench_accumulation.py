@@ -6,14 +6,14 @@ Run: ``python bench/bench_accumulation.py [--sizes 1M,10M] [--accumulate 4] [--r
 With ``Trainer(accumulate_grad_batches=k)`` an optimizer step consumes ``k`` micro-batches.
 :class:`~lightning_dpo.ReferenceSwapCallback` (snapshot mode) brackets each reference
 forward: swap the reference weights in, forward under ``no_grad``, swap the training
-weights back. ``PreferenceDataModule(reference_windows=True)`` (the default) collates each
-step's micro-batches together, so the callback runs the ``k`` reference forwards of a step
-inside **one** bracket, at its first micro-batch; ``reference_windows=False`` gives one
+weights back. ``BatchSettings(step_windows=True)`` (the default) collates each step's
+micro-batches together, so the callback runs the ``k`` reference forwards of a step
+inside **one** bracket, at its first micro-batch; ``step_windows=False`` gives one
 bracket per micro-batch. Configurations, at each model size:
 
 * ``swap (copy)`` and ``swap (exchange)`` (``swap_mode``), each **per micro-batch**
-  (``reference_windows=False``: ``k`` brackets per step) and **per optimizer step**
-  (``reference_windows=True``: one bracket per step);
+  (``step_windows=False``: ``k`` brackets per step) and **per optimizer step**
+  (``step_windows=True``: one bracket per step);
 * ``reference-free``: zeros as reference log-probs, no reference forward: the ceiling.
 
 Each gets its own module and callbacks, all built up front. Then, ``--rounds`` times, each
@@ -98,7 +98,7 @@ class Configuration:
     Attributes:
         name: The row's label.
         reference: The ``_training`` configuration of the reference callback.
-        windows: ``PreferenceDataModule(reference_windows=...)``.
+        windows: ``PreferenceDataModule(batches=BatchSettings(step_windows=...)``.
     """
 
     name: str
@@ -219,7 +219,7 @@ def run_rounds(size: str, args: argparse.Namespace, directory: Path) -> dict[str
         folder = directory / ("windows" if windows else "micro-batches")
         folder.mkdir()
         datamodules[windows] = build_datamodule(
-            folder, pairs, args.batch_size, args.length, reference_windows=windows
+            folder, pairs, args.batch_size, args.length, step_windows=windows
         )
     runs = {}
     for configuration in CONFIGURATIONS:

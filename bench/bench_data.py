@@ -26,7 +26,7 @@ from pathlib import Path
 from _text import train_bpe
 from transformers import PreTrainedTokenizerFast
 
-from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.data import DataSource, PreferenceDataModule, TokenSettings
 
 WORDS = "the a model answer sort list number first second because then we should not is"
 
@@ -70,8 +70,8 @@ def main() -> None:
         data = Path(tmp) / "pairs.jsonl"
         rows = write_pairs(data, args.pairs)
         tok = train_bpe((r["prompt"] + r["chosen"] for r in rows[:2000]), 2000)
-        kwargs = {"tokenizer": tok, "train_file": str(data), "max_length": 256}
-        kwargs["cache_dir"] = str(Path(tmp) / "cache")
+        tokens = TokenSettings(max_length=256, cache_dir=str(Path(tmp) / "cache"))
+        kwargs = {"tokenizer": tok, "source": DataSource(str(data)), "tokens": tokens}
         cold = timed(lambda: PreferenceDataModule(**kwargs).setup())
         warm = timed(lambda: PreferenceDataModule(**kwargs).setup())
         naive = timed(lambda: [naive_epoch(rows, tok) for _ in range(args.epochs)])

@@ -47,6 +47,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_dpo import PreferenceDataModule, PreferenceLoss, PreferenceModule
 from lightning_dpo.batch import SCORE_LENGTHS_KEY
+from lightning_dpo.data.settings import BatchSettings, DataSource, TokenSettings
 from lightning_dpo.layouts.rows import pair_tokens
 from lightning_dpo.policy import add_lora
 from lightning_dpo.reference import ReferenceSwapCallback
@@ -79,11 +80,13 @@ def datamodule(args: argparse.Namespace, tokenizer: Any, layout: str, budget: bo
     """The data module over ``--data`` in ``layout`` (token-budget batches if ``budget``)."""
     data = PreferenceDataModule(
         tokenizer=tokenizer,
-        train_file=args.data,
-        max_length=MAX_LENGTH,
-        batch_size=args.batch_size,
-        layout=layout,
-        max_tokens=args.max_tokens if budget else None,
+        source=DataSource(train_file=args.data),
+        tokens=TokenSettings(max_length=MAX_LENGTH),
+        batches=BatchSettings(
+            batch_size=args.batch_size,
+            layout=layout,
+            max_tokens=args.max_tokens if budget else None,
+        ),
     )
     data.setup()
     return data

@@ -16,6 +16,7 @@ import math
 import torch
 
 from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.data.settings import BatchSettings, DataSource
 from lightning_dpo.losses import PairLogps, dpo_loss
 from lightning_dpo.policy import build_tiny_llama
 from lightning_dpo.reference import HostSnapshotReference, SnapshotPlacement, reference_context
@@ -71,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny model only")
     args = parser.parse_args()
-    datamodule = PreferenceDataModule(num_train=8, num_val=256, batch_size=64)
+    datamodule = PreferenceDataModule(
+        source=DataSource(num_train=8, num_val=256), batches=BatchSettings(batch_size=64)
+    )
     datamodule.setup()
     batches = list(datamodule.val_dataloader())
     print(

@@ -8,7 +8,7 @@ Run::
 The stores as a run finds them, built once from ``--data`` (tokenised with the model's
 tokenizer through its chat template with ``--gguf``, else with the byte tokenizer):
 
-- **token cache**: the train split's entry under ``data.cache_dir``; *check*: the xxh3 of
+- **token cache**: the train split's entry under ``data.tokens.cache_dir``; *check*: the xxh3 of
   each of its files against its manifest (a run then loads it), *load*:
   ``datasets.load_from_disk`` and the conversion to lists that a run does;
 - **reference table**: a ``[N, 2]`` table of the train split's size; *check*: the verified
@@ -42,20 +42,25 @@ from datasets import load_from_disk
 
 from lightning_dpo import PreferenceDataModule
 from lightning_dpo.checkpoint_checks import check_checkpoint_file
-from lightning_dpo.data import token_cache
+from lightning_dpo.data import DataSource, RecordSettings, TokenSettings
+from lightning_dpo.data.tokens import cache as token_cache
 from lightning_dpo.integrity import directory_problem
 from lightning_dpo.reference.cache.store import ReferenceLogpsCache, read_verified_table
 
 
 def token_store(args: argparse.Namespace, directory: Path) -> Path:
     """Build the data's token cache under ``directory``; its train entry (the larger)."""
-    options = {"train_file": args.data, "max_length": 1024, "cache_dir": str(directory)}
+    tokenizer = None
     if args.gguf:
         from lightning_dpo.pretrained import resolve_pretrained
 
-        options |= {"tokenizer": resolve_pretrained(args.gguf).load_tokenizer()}
-        options |= {"chat_template": True}
-    data = PreferenceDataModule(**options)
+        tokenizer = resolve_pretrained(args.gguf).load_tokenizer()
+    data = PreferenceDataModule(
+        tokenizer,
+        DataSource(args.data),
+        RecordSettings(chat_template=bool(args.gguf)),
+        TokenSettings(max_length=1024, cache_dir=str(directory)),
+    )
     data.setup()
     return max(
         directory.glob("encodings-*"), key=lambda p: sum(f.stat().st_size for f in p.iterdir())

@@ -18,7 +18,7 @@ The same work on both sides:
 - **data**: a BPE of 8,192 tokens trained on the file's text (the model keeps its size's
   vocabulary, so the LM head costs what it costs in the real model), or with ``--gguf``
   the model's own tokenizer with every conversation rendered through its chat template
-  (``chat_template=True``, as ``data.chat_template=true`` in ``train.py``); the file goes
+  (``chat_template=True``, as ``data.records.chat_template=true`` in ``train.py``); the file goes
   through :class:`~lightning_dpo.PreferenceDataModule` (``max_length=1024``, no pair cut),
   and TRL gets each pair back as text (prompt, chosen, rejected). The script checks that
   TRL's own tokenisation gives exactly the same token ids for every pair it uses;
@@ -93,6 +93,7 @@ from lightning_dpo.data.batches.windows import PlannedDataLoader
 from lightning_dpo.data.records.conversations import dialogue_pair
 from lightning_dpo.data.records.formats import FormatOptions, implicit_texts
 from lightning_dpo.data.records.rows import read_rows
+from lightning_dpo.data.settings import BatchSettings, DataSource, RecordSettings, TokenSettings
 from lightning_dpo.layouts.rows import lay_out, pair_tokens
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.pretrained import resolve_pretrained
@@ -538,10 +539,10 @@ def prepare(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         tokenizer.save_pretrained(directory / "model")
     data = PreferenceDataModule(
         tokenizer=tokenizer,
-        train_file=args.data,
-        max_length=MAX_LENGTH,
-        layout="padded",
-        chat_template=bool(args.gguf),
+        source=DataSource(train_file=args.data),
+        tokens=TokenSettings(max_length=MAX_LENGTH),
+        batches=BatchSettings(layout="padded"),
+        records=RecordSettings(chat_template=bool(args.gguf)),
     )
     data.setup()
     pairs = data.train_pairs[: args.batch_size * args.steps]

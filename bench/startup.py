@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gguf", required=True, help="the model's GGUF file")
     parser.add_argument("--data", required=True, help="a preference data file")
     parser.add_argument("--mode", choices=("lora", "full"), default="lora")
-    parser.add_argument("--max-length", type=int, default=512, help="data.max_length")
+    parser.add_argument("--max-length", type=int, default=512, help="data.tokens.max_length")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

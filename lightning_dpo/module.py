@@ -18,6 +18,7 @@ from lightning_dpo.data.datamodule import PreferenceDataModule
 from lightning_dpo.integrity import stamp_checkpoint
 from lightning_dpo.losses import LossOutput, PairLogps, PreferenceLoss
 from lightning_dpo.metrics import METRIC_NAMES, metric_values
+from lightning_dpo.policy import shard_policy
 from lightning_dpo.scoring import (
     DEFAULT_LOGPS_CHUNK_SIZE,
     ScoringPlan,
@@ -92,31 +93,20 @@ class PreferenceModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Shard the policy with FSDP2 when trained under ``ModelParallelStrategy``.
 
-        Each block the model names as not to be split (``_no_split_modules``, its decoder
-        layers in ``transformers``) becomes its own FSDP unit, then the whole policy. Under
-        other strategies this does nothing. The reference snapshot then holds each rank's
-        local shards only.
+        See :func:`~lightning_dpo.policy.shard_policy`; under other strategies this does
+        nothing. The reference snapshot then holds each rank's local shards only.
         """
         mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy
         if mesh is None or self._policy_sharded:
             return
-        from torch.distributed.fsdp import fully_shard
-
-        data_parallel = mesh["data_parallel"]
-        blocks = set(self.policy._no_split_modules or ())  # peft forwards it to the model
-        if not blocks:
-            rank_zero_warn(f"{type(self.policy).__name__} names no blocks: one FSDP unit")
-        for module in self.policy.modules():
-            if type(module).__name__ in blocks:
-                fully_shard(module, mesh=data_parallel)
-        fully_shard(self.policy, mesh=data_parallel)
+        shard_policy(self.policy, mesh["data_parallel"])
         self._policy_sharded = True
 
     def plan_scoring(self, layout: str = "auto") -> ScoringPlan:
         """Probe the policy once and keep its scoring plan (see :func:`resolve_plan`).
 
         Args:
-            layout: The layout the data asks for (``data.layout``: ``auto`` or a name).
+            layout: The layout the data asks for (``data.batches.layout``: ``auto`` or a name).
 
         Returns:
             The plan, also kept as :attr:`plan`; hand it to the data module

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import (
     LlamaConfig,
@@ -106,7 +107,7 @@ def check_context(model: nn.Module, max_length: int, source: str) -> None:
 
     Args:
         model: The causal LM.
-        max_length: The longest prompt + response the data gives (``data.max_length``).
+        max_length: The longest prompt + response the data gives (``data.tokens.max_length``).
         source: What the model is, for the message (a directory, or the tiny model's field).
 
     Raises:
@@ -116,9 +117,9 @@ def check_context(model: nn.Module, max_length: int, source: str) -> None:
     positions = context_length(model)
     if positions is not None and max_length > positions:
         raise ValueError(
-            f"data.max_length={max_length} is longer than the model's context: {source} has "
-            f"max_position_embeddings={positions}. Set data.max_length<={positions}, or use a "
-            "model with a longer context."
+            f"data.tokens.max_length={max_length} is longer than the model's context: {source} "
+            f"has max_position_embeddings={positions}. Set data.tokens.max_length<={positions}, "
+            "or use a model with a longer context."
         )
 
 
@@ -163,6 +164,27 @@ def load_adapter(model: nn.Module, path: str) -> nn.Module:
     return PeftModel.from_pretrained(model, path, is_trainable=True, local_files_only=True)
 
 
+ADAPTERS_EXCLUDE_EACH_OTHER = (
+    "model.lora (fresh adapters) and model.adapter (a trained one) exclude each other: "
+    "set one of them to null"
+)
+
+
+def _base_model(
+    tokenizer: PreTrainedTokenizerBase,
+    pretrained: str | None,
+    tiny: dict[str, Any] | None,
+    max_length: int | None,
+) -> tuple[nn.Module, str]:
+    """The pretrained model, or the tiny random Llama, and how messages name it."""
+    if pretrained is not None:
+        return load_pretrained(pretrained), f"model.pretrained={pretrained!r}"
+    tiny = {key: value for key, value in (tiny or {}).items() if value is not None}
+    if max_length is not None:
+        tiny.setdefault("max_position_embeddings", max_length)
+    return build_tiny_llama(tokenizer, **tiny), "the tiny model (model.tiny)"
+
+
 def build_policy(
     tokenizer: PreTrainedTokenizerBase,
     pretrained: str | None = None,
@@ -174,9 +196,8 @@ def build_policy(
 ) -> nn.Module:
     """Build the policy to train, in train mode.
 
-    ``from_pretrained`` returns a model in eval mode, and Lightning keeps the modes it
-    finds: without :meth:`~torch.nn.Module.train` here a real checkpoint would train with
-    its dropout silently off.
+    ``from_pretrained`` returns a model in eval mode, which Lightning keeps: without
+    :meth:`~torch.nn.Module.train` here a real checkpoint would train without dropout.
 
     Args:
         tokenizer: The data's tokenizer (sizes the tiny model's vocabulary).
@@ -186,30 +207,19 @@ def build_policy(
         lora: ``add_lora`` arguments for fresh adapters; ``None`` trains all parameters.
         adapter: Local directory of a trained peft adapter to continue training (the
             reference is then base + this adapter, frozen). Excludes ``lora``.
-        max_length: The longest prompt + response the data gives (``data.max_length``):
-            the tiny model gets this many positions unless ``tiny`` sets them, and a
-            model with fewer is refused (:func:`check_context`). ``None`` checks nothing.
-        activation_checkpointing: Keep only each decoder layer's input during the forward
-            and recompute the layer in backward (:func:`enable_activation_checkpointing`):
-            less activation memory for one more forward of each layer; the same log-probs and
-            gradients.
+        max_length: The longest prompt + response (``data.tokens.max_length``): the tiny
+            model's positions unless ``tiny`` sets them; a model with fewer is refused
+            (:func:`check_context`). ``None`` checks nothing.
+        activation_checkpointing: Recompute each decoder layer in backward: less memory,
+            the same log-probs and gradients (:func:`enable_activation_checkpointing`).
 
     Raises:
-        ValueError: ``lora`` and ``adapter`` both set, a context shorter than
-            ``max_length``, or activation checkpointing on a model that does not support it.
+        ValueError: ``lora`` and ``adapter`` both set, a context under ``max_length``, or
+            activation checkpointing on a model that does not support it.
     """
     if lora is not None and adapter is not None:
-        raise ValueError(
-            "model.lora (fresh adapters) and model.adapter (a trained one) exclude each "
-            "other: set one of them to null"
-        )
-    if pretrained is not None:
-        model, source = load_pretrained(pretrained), f"model.pretrained={pretrained!r}"
-    else:
-        tiny = {key: value for key, value in (tiny or {}).items() if value is not None}
-        if max_length is not None:
-            tiny.setdefault("max_position_embeddings", max_length)
-        model, source = build_tiny_llama(tokenizer, **tiny), "the tiny model (model.tiny)"
+        raise ValueError(ADAPTERS_EXCLUDE_EACH_OTHER)
+    model, source = _base_model(tokenizer, pretrained, tiny, max_length)
     check_vocabulary(model, tokenizer, source)
     if max_length is not None:
         check_context(model, max_length, source)
@@ -246,3 +256,21 @@ def enable_activation_checkpointing(model: nn.Module, source: str) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def shard_policy(policy: nn.Module, mesh: Any) -> None:
+    """Shard ``policy`` with FSDP2 over ``mesh`` (its data-parallel dimension).
+
+    Each block the model names as not to be split (``_no_split_modules``, its decoder
+    layers in ``transformers``; peft forwards it) becomes its own FSDP unit, then the
+    whole policy.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(policy._no_split_modules or ())
+    if not blocks:
+        rank_zero_warn(f"{type(policy).__name__} names no blocks: one FSDP unit")
+    for module in policy.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(policy, mesh=mesh)

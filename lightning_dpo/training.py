@@ -21,10 +21,19 @@ log = logging.getLogger(__name__)
 
 
 def build_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """Instantiate ``cfg[key]`` after checking its values against its target's type hints."""
+    """Instantiate ``cfg[key]`` after checking its values against its target's type hints.
+
+    Raises:
+        ConfigError: A settings dataclass refused a value while Hydra built it from the
+            config (``_convert_: object``: ``data.batches.batch_size must be >= 1, got 0``);
+            the target's own errors come wrapped in Hydra's ``InstantiationException``.
+    """
     node = OmegaConf.select(cfg, key)
     check_types(node, key)
-    return instantiate(node, **kwargs)
+    try:
+        return instantiate(node, **kwargs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def instantiate_group(cfg: DictConfig, key: str) -> dict[str, Any]:

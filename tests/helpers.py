@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 from lightning_dpo import PreferenceLoss, PreferenceModule
 from lightning_dpo.batch import PAIR_SLOTS_KEY
 from lightning_dpo.data import PreferenceDataModule, build_byte_tokenizer, build_char_tokenizer
+from lightning_dpo.data.settings import BatchSettings, DataSource, TokenSettings
 from lightning_dpo.losses import PairLogps
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.policy import build_policy
@@ -238,10 +240,22 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-def small_datamodule(tokenizer=None, batch_size: int = 8, **kwargs) -> PreferenceDataModule:
-    """The embedded task, shrunk for tests (64 training and 16 validation pairs by default)."""
-    sizes = {"num_train": 64, "num_val": 16, **kwargs}
-    return PreferenceDataModule(tokenizer=tokenizer, batch_size=batch_size, **sizes)
+def small_datamodule(
+    tokenizer=None, batch_size: int = 8, seed: int = 0, **settings
+) -> PreferenceDataModule:
+    """The embedded task, shrunk for tests (64 training and 16 validation pairs by default).
+
+    ``settings``: fields of the data module's settings groups, by name (``layout="packed"``,
+    ``num_train=4``), each handed to its group.
+    """
+    given = {"num_train": 64, "num_val": 16, "batch_size": batch_size, **settings}
+    groups = {"source": DataSource, "batches": BatchSettings, "tokens": TokenSettings}
+    grouped = {
+        group: {f.name: given.pop(f.name) for f in fields(kind) if f.name in given}
+        for group, kind in groups.items()
+    }
+    assert not given, f"not a field of {sorted(groups)}: {sorted(given)}"
+    return PreferenceDataModule(tokenizer, **grouped, seed=seed)
 
 
 # --- trainers and modules -------------------------------------------------------------------
@@ -353,9 +367,9 @@ def compose_train_config(output_dir: Path, overrides: list[str] | None = None) -
 
 
 FAST_OVERRIDES = [
-    "data.num_train=64",
-    "data.num_val=16",
-    "data.batch_size=8",
+    "data.source.num_train=64",
+    "data.source.num_val=16",
+    "data.batches.batch_size=8",
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
     "trainer.num_sanity_val_steps=0",

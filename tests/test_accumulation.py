@@ -83,7 +83,7 @@ def _fit(tmp_path, policy, tokenizer, accumulate, windows, max_steps=4, **callba
     trainer = make_bare_trainer(
         tmp_path, [reference, record], max_steps=max_steps, accumulate_grad_batches=accumulate
     )
-    datamodule = small_datamodule(tokenizer, reference_windows=windows)
+    datamodule = small_datamodule(tokenizer, step_windows=windows)
     trainer.fit(module, datamodule=datamodule)
     return reference, record.batches, module.policy
 
@@ -190,7 +190,7 @@ def test_unwindowed_accumulation_says_how_to_swap_once_per_step(
 ):
     reference = ReferenceSwapCallback()
     trainer = make_bare_trainer(tmp_path, [reference], max_steps=1, accumulate_grad_batches=2)
-    datamodule = small_datamodule(tokenizer, reference_windows=False)
+    datamodule = small_datamodule(tokenizer, step_windows=False)
     with caplog.at_level(logging.INFO):
         trainer.fit(dpo_module(tiny_policy), datamodule=datamodule)
     assert brackets.of(reference) == 2

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_dpo.data.settings import DataSource, RecordSettings, TokenSettings
+
 pytestmark = pytest.mark.slow  # the benchmarks' smoke runs, some in processes of their own
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
@@ -286,7 +288,10 @@ def test_trl_bench_gives_trl_conversations_its_chat_template_renders_to_our_ids(
     tokenizer = Pretrained(tiny_gguf.parent, tiny_gguf.name).load_tokenizer()
     data = hh_shaped_file(tmp_path / "hh.jsonl", records=20)
     module = PreferenceDataModule(
-        tokenizer=tokenizer, train_file=str(data), max_length=1024, chat_template=True
+        tokenizer=tokenizer,
+        source=DataSource(train_file=str(data)),
+        tokens=TokenSettings(max_length=1024),
+        records=RecordSettings(chat_template=True),
     )
     module.setup()
     pairs = module.train_pairs[:6]

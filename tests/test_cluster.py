@@ -113,9 +113,9 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
     overrides = [
         "hydra/launcher=submitit_local",
         f"hydra.sweep.dir={tmp_path}",
-        "data.num_train=64",
-        "data.num_val=16",
-        "data.batch_size=8",
+        "data.source.num_train=64",
+        "data.source.num_val=16",
+        "data.batches.batch_size=8",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "trainer.enable_progress_bar=false",

@@ -27,6 +27,7 @@ from lightning_dpo.data import (
     tokenize_record,
     tokenize_records,
 )
+from lightning_dpo.data.settings import BatchSettings, DataSource
 from tests.helpers import write_jsonl
 
 REWARD_FIELDS = ("chosen_reward", "rejected_reward")
@@ -179,7 +180,7 @@ def test_read_jsonl_message_format(tmp_path: Path) -> None:
     with pytest.raises(
         DataValidationError,
         match=r"train\.jsonl:1: field 'chosen': expected a string, got 42 "
-        r"\(format explicit, set by data.format\)$",
+        r"\(format explicit, set by data.records.format\)$",
     ):
         read_jsonl(path)
 
@@ -378,7 +379,9 @@ def test_datamodule_default_task(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(token_cache_module, "encode_records", counting)
-    dm = PreferenceDataModule(num_train=40, num_val=10, batch_size=8)
+    dm = PreferenceDataModule(
+        source=DataSource(num_train=40, num_val=10), batches=BatchSettings(batch_size=8)
+    )
     assert len(dm.tokenizer) == len(build_char_tokenizer())
     dm.setup("fit")
     dm.setup("validate")
@@ -403,12 +406,18 @@ def test_datamodule_default_task(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_datamodule_shuffle_is_seeded() -> None:
     def first_batch(seed: int) -> torch.Tensor:
-        dm = PreferenceDataModule(num_train=64, num_val=8, batch_size=8, seed=seed)
+        dm = PreferenceDataModule(
+            seed=seed,
+            source=DataSource(num_train=64, num_val=8),
+            batches=BatchSettings(batch_size=8),
+        )
         dm.setup()
         return next(iter(dm.train_dataloader()))["input_ids"]
 
     assert torch.equal(first_batch(1), first_batch(1))
-    val_a = PreferenceDataModule(num_train=64, num_val=8, batch_size=8)
+    val_a = PreferenceDataModule(
+        source=DataSource(num_train=64, num_val=8), batches=BatchSettings(batch_size=8)
+    )
     val_a.setup()
     first_val = next(iter(val_a.val_dataloader()))["input_ids"]
     expected = collate_pairs(val_a.val_pairs, val_a.tokenizer.pad_token_id)["input_ids"]
@@ -417,7 +426,10 @@ def test_datamodule_shuffle_is_seeded() -> None:
 
 def test_datamodule_require_fields_names_file_line_and_fields(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", [pair_row(i) for i in range(5)])
-    dm = PreferenceDataModule(train_file=str(train), val_file=str(train), batch_size=2)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(train), val_file=str(train)),
+        batches=BatchSettings(batch_size=2),
+    )
     dm.setup()
     with pytest.raises(DataValidationError) as info:
         dm.require_fields(REWARD_FIELDS, reason="rpo_bwd_kl needs rewards")
@@ -432,7 +444,10 @@ def test_datamodule_require_fields_names_file_line_and_fields(tmp_path: Path) ->
 def test_datamodule_with_rewards_and_holdout(tmp_path: Path) -> None:
     rows = [pair_row(i % 10, rewards=True) for i in range(30)]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    dm = PreferenceDataModule(train_file=str(train), val_fraction=0.2, batch_size=4)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(train), val_fraction=0.2),
+        batches=BatchSettings(batch_size=4),
+    )
     dm.setup()
     assert dm.has_rewards
     dm.require_fields(REWARD_FIELDS)
@@ -455,7 +470,9 @@ def test_datamodule_local_tokenizer_dir_and_pad_fallback(
     tmp_path: Path, bpe_tok: PreTrainedTokenizerFast
 ) -> None:
     bpe_tok.save_pretrained(tmp_path / "tok")
-    dm = PreferenceDataModule(tokenizer=str(tmp_path / "tok"), num_train=8, num_val=4)
+    dm = PreferenceDataModule(
+        tokenizer=str(tmp_path / "tok"), source=DataSource(num_train=8, num_val=4)
+    )
     assert dm.tokenizer.pad_token_id == dm.tokenizer.eos_token_id
     assert dm.tokenizer.get_vocab() == bpe_tok.get_vocab()
     batch = next(iter(dm.val_dataloader()))  # runs setup on demand
@@ -464,4 +481,4 @@ def test_datamodule_local_tokenizer_dir_and_pad_fallback(
 
 def test_datamodule_rejects_val_file_without_train_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_file"):
-        PreferenceDataModule(val_file=str(tmp_path / "val.jsonl"))
+        PreferenceDataModule(source=DataSource(val_file=str(tmp_path / "val.jsonl")))

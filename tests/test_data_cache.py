@@ -23,6 +23,7 @@ from lightning_dpo.data import (
     PreferenceRecord,
     collate_pairs,
 )
+from lightning_dpo.data.settings import BatchSettings, DataSource, TokenSettings
 from lightning_dpo.data.tokens.tokenization import tokenize_records
 from tests.helpers import flip_bytes_in_the_middle
 
@@ -111,7 +112,9 @@ def counting_encoder(monkeypatch) -> Counter:
 def test_tokenised_once_per_dataset_across_epochs_and_runs(tmp_path: Path, monkeypatch) -> None:
     calls = counting_encoder(monkeypatch)
     data = write_rows(tmp_path / "d.jsonl", 40)
-    kwargs = {"train_file": str(data), "batch_size": 8, "cache_dir": str(tmp_path / "cache")}
+    cache = str(tmp_path / "cache")
+    kwargs = {"source": DataSource(str(data)), "batches": BatchSettings(batch_size=8)}
+    kwargs["tokens"] = TokenSettings(cache_dir=cache)
     dm = PreferenceDataModule(**kwargs)
     for _epoch in range(3):
         batches = list(dm.train_dataloader()) + list(dm.val_dataloader())
@@ -122,11 +125,11 @@ def test_tokenised_once_per_dataset_across_epochs_and_runs(tmp_path: Path, monke
     assert calls == {"calls": 2, "records": 40}  # served from the cache: no tokenizer call
     assert second.train_pairs == dm.train_pairs and second.val_pairs == dm.val_pairs
     assert second.fingerprint("train") == dm.fingerprint("train")
-    PreferenceDataModule(**kwargs, max_length=48).setup()  # limits apply after the cache
+    shorter = TokenSettings(max_length=48, cache_dir=cache)
+    PreferenceDataModule(**{**kwargs, "tokens": shorter}).setup()  # limits apply after the cache
     assert calls["calls"] == 2
-    PreferenceDataModule(
-        **{**kwargs, "train_file": str(write_rows(tmp_path / "e.jsonl", 41))}
-    ).setup()
+    other = DataSource(str(write_rows(tmp_path / "e.jsonl", 41)))
+    PreferenceDataModule(**{**kwargs, "source": other}).setup()
     assert calls["calls"] == 4  # other data: encoded afresh
 
 
@@ -158,7 +161,11 @@ def test_a_token_cache_entry_that_does_not_verify_is_reported_never_used_and_rep
 ) -> None:
     calls = counting_encoder(monkeypatch)
     data = write_rows(tmp_path / "d.jsonl", 40)
-    kwargs = {"train_file": str(data), "batch_size": 8, "cache_dir": str(tmp_path / "cache")}
+    kwargs = {
+        "source": DataSource(str(data)),
+        "tokens": TokenSettings(cache_dir=str(tmp_path / "cache")),
+        "batches": BatchSettings(batch_size=8),
+    }
     first = PreferenceDataModule(**kwargs)
     first.setup()
     entries = sorted((tmp_path / "cache").glob("encodings-*"))
@@ -179,8 +186,8 @@ def test_a_token_cache_entry_that_does_not_verify_is_reported_never_used_and_rep
 
 
 FINGERPRINT = (
-    "from lightning_dpo.data import PreferenceDataModule as D;"
-    "import sys; d = D(train_file=sys.argv[1], max_length=int(sys.argv[2]));"
+    "from lightning_dpo.data import PreferenceDataModule as D, DataSource, TokenSettings;"
+    "import sys; d = D(source=DataSource(sys.argv[1]), tokens=TokenSettings(int(sys.argv[2])));"
     "print(d.fingerprint('train'), d.fingerprint('val'))"
 )
 
@@ -194,29 +201,45 @@ def fingerprint_in_subprocess(path: Path, max_length: int = 64) -> list[str]:
 @pytest.mark.slow
 def test_fingerprint_is_stable_across_processes_and_changes_with_content(tmp_path: Path) -> None:
     data = write_rows(tmp_path / "d.jsonl", 30)
-    dm = PreferenceDataModule(train_file=str(data))
+    dm = PreferenceDataModule(source=DataSource(train_file=str(data)))
     assert len(dm.tokenizer) == 259  # the built-in byte tokenizer: stable across processes
     here = [dm.fingerprint("train"), dm.fingerprint("val")]
     assert all(len(f) == 64 and int(f, 16) >= 0 for f in here) and here[0] != here[1]
     assert fingerprint_in_subprocess(data) == here
     moved = tmp_path / "elsewhere.jsonl"
     moved.write_text(data.read_text())
-    assert PreferenceDataModule(train_file=str(moved)).fingerprint("train") == here[0]
-    assert PreferenceDataModule(train_file=str(data), max_length=63).fingerprint("train") != here[0]
+    assert (
+        PreferenceDataModule(source=DataSource(train_file=str(moved))).fingerprint("train")
+        == here[0]
+    )
+    assert (
+        PreferenceDataModule(
+            source=DataSource(train_file=str(data)), tokens=TokenSettings(max_length=63)
+        ).fingerprint("train")
+        != here[0]
+    )
     lines = data.read_text().splitlines()
     edited = json.loads(lines[0])
     edited["chosen"] = "abd"
     changed = tmp_path / "changed.jsonl"
     changed.write_text("\n".join([json.dumps(edited), *lines[1:]]))
-    assert PreferenceDataModule(train_file=str(changed)).fingerprint("train") != here[0]
+    assert (
+        PreferenceDataModule(source=DataSource(train_file=str(changed))).fingerprint("train")
+        != here[0]
+    )
     rewards = tmp_path / "rewards.jsonl"
     rewarded = [{**json.loads(x), "chosen_reward": 1, "rejected_reward": 0} for x in lines]
     rewards.write_text("\n".join(json.dumps(r) for r in rewarded))
-    assert PreferenceDataModule(train_file=str(rewards)).fingerprint("train") != here[0]
+    assert (
+        PreferenceDataModule(source=DataSource(train_file=str(rewards))).fingerprint("train")
+        != here[0]
+    )
 
 
 def test_pair_index_matches_the_split_and_survives_shuffle(tmp_path: Path) -> None:
-    dm = PreferenceDataModule(num_train=32, num_val=8, batch_size=8, seed=3)
+    dm = PreferenceDataModule(
+        seed=3, source=DataSource(num_train=32, num_val=8), batches=BatchSettings(batch_size=8)
+    )
     seen = torch.cat([b["pair_index"] for b in dm.train_dataloader()])
     assert sorted(seen.tolist()) == list(range(32)) and seen.tolist() != list(range(32))
     for batch in dm.train_dataloader():

@@ -14,6 +14,7 @@ import pytest
 from lightning_dpo.data import DataValidationError, PreferenceDataModule
 from lightning_dpo.data.records.formats import FormatOptions
 from lightning_dpo.data.records.reading import load_records
+from lightning_dpo.data.settings import DataSource, RecordSettings, TokenSettings
 from tests.helpers import chatml, chatml_ids, chatml_tokenizer, write_jsonl
 
 SYSTEM = {"role": "system", "content": "Be brief."}
@@ -27,10 +28,13 @@ def tok():
     return chatml_tokenizer()
 
 
-def pairs(tok, path: Path, **data) -> list:
+def pairs(tok, path: Path, records: RecordSettings | None = None) -> list:
     """The pairs the data module builds from ``path`` (all of them: it is its own val file)."""
     datamodule = PreferenceDataModule(
-        tokenizer=tok, train_file=str(path), val_file=str(path), max_length=512, **data
+        tokenizer=tok,
+        records=records,
+        source=DataSource(train_file=str(path), val_file=str(path)),
+        tokens=TokenSettings(max_length=512),
     )
     datamodule.setup()
     return datamodule.train_pairs
@@ -163,7 +167,7 @@ def test_hh_dialogues_go_through_the_template_with_the_option(tmp_path, tok):
     turn = "\n\nHuman: Capital of France?\n\nAssistant: Paris?\n\nHuman: Sure?\n\nAssistant:"
     row = {"chosen": f"{turn} Paris.", "rejected": f"{turn} Lyon, I think."}
     path = write_jsonl(tmp_path / "hh.jsonl", [row])
-    (pair,) = pairs(tok, path, chat_template=True)
+    (pair,) = pairs(tok, path, RecordSettings(chat_template=True))
     history = [
         USER,
         {"role": "assistant", "content": "Paris?"},
@@ -214,7 +218,9 @@ def test_a_file_in_no_format_gets_one_error_listing_the_formats(tmp_path, tok):
 
 
 def test_an_unknown_format_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"data\.format must be one of .*'sharegpt', 'openai'"):
+    with pytest.raises(
+        ValueError, match=r"data\.records\.format must be one of .*'sharegpt', 'openai'"
+    ):
         FormatOptions(format="alpaca")
 
 

@@ -15,6 +15,7 @@ from datasets import Dataset, DatasetDict
 from lightning_dpo.data import DataValidationError, PreferenceDataModule, build_char_tokenizer
 from lightning_dpo.data.records.formats import FormatOptions
 from lightning_dpo.data.records.reading import RewardDefaults, load_records
+from lightning_dpo.data.settings import DataSource, RecordSettings, TokenSettings
 from tests.helpers import CHAT_TEMPLATE, write_jsonl
 
 HH = "\n\nHuman: sort 3 1 2\n\nAssistant:"
@@ -173,7 +174,9 @@ def test_every_source_reads_the_same_records(tmp_path: Path, kind: str) -> None:
 def test_dataset_dict_split_and_separate_val_file(tmp_path: Path) -> None:
     paths = write_sources(tmp_path)
     dm = PreferenceDataModule(
-        train_file=str(paths["dataset_dict"]), val_file=str(paths["dataset_dict"])
+        source=DataSource(
+            train_file=str(paths["dataset_dict"]), val_file=str(paths["dataset_dict"])
+        )
     )
     dm.setup()
     assert (len(dm.train_pairs), len(dm.val_pairs)) == (4, 1)
@@ -231,7 +234,10 @@ def test_bad_record_error_names_file_line_and_field(
     else:
         path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, "", bad, GOOD])
         where = f"{path}:3: "
-    dm = PreferenceDataModule(train_file=str(path), val_file=str(path), max_length=32)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(path), val_file=str(path)),
+        tokens=TokenSettings(max_length=32),
+    )
     with pytest.raises(DataValidationError) as info:
         dm.setup()
     message = str(info.value)
@@ -244,7 +250,9 @@ def test_skip_mode_counts_every_reason_prints_and_logs(tmp_path: Path, capsys, c
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     val = write_jsonl(tmp_path / "val.jsonl", [GOOD])
     dm = PreferenceDataModule(
-        train_file=str(path), val_file=str(val), max_length=32, on_invalid="skip"
+        source=DataSource(train_file=str(path), val_file=str(val)),
+        tokens=TokenSettings(max_length=32),
+        records=RecordSettings(on_invalid="skip"),
     )
     with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.report"):
         dm.setup()

@@ -24,6 +24,7 @@ from lightning_dpo.data import (
     load_records,
     load_tokenizer,
 )
+from lightning_dpo.data.settings import DataSource, RecordSettings, TokenSettings
 from lightning_dpo.data.tokens.cache import cached_encodings
 from lightning_dpo.data.tokens.fingerprints import texts_fingerprint, tokenizer_fingerprint
 from tests.helpers import write_jsonl
@@ -106,17 +107,20 @@ def test_byte_tokenizer_fingerprint_is_stable_and_survives_saving(byte_tok, tmp_
 def test_which_builtin_tokenizer_is_picked(tmp_path: Path) -> None:
     assert load_tokenizer(None).get_vocab() == build_char_tokenizer().get_vocab()
     assert load_tokenizer(None, text_data=True).get_vocab() == build_byte_tokenizer().get_vocab()
-    assert len(PreferenceDataModule(num_train=8, num_val=4).tokenizer) == len(
+    assert len(PreferenceDataModule(source=DataSource(num_train=8, num_val=4)).tokenizer) == len(
         build_char_tokenizer()
     )
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
-    assert len(PreferenceDataModule(path=str(data)).tokenizer) == 259
+    assert len(PreferenceDataModule(source=DataSource(path=str(data))).tokenizer) == 259
 
 
 def test_file_data_with_the_default_tokenizer_keeps_every_character(tmp_path: Path) -> None:
     rows = [{"prompt": text, "chosen": f"Yes: {text}", "rejected": "Nope"} for text in TRICKY]
     data = write_jsonl(tmp_path / "tricky.jsonl", rows)
-    dm = PreferenceDataModule(train_file=str(data), val_file=str(data), max_length=512)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(data), val_file=str(data)),
+        tokens=TokenSettings(max_length=512),
+    )
     dm.setup()
     for pair, row in zip(dm.train_pairs, rows, strict=True):
         assert dm.tokenizer.decode(pair.prompt_ids) == "<s>" + row["prompt"]
@@ -136,7 +140,9 @@ def test_unknown_tokens_are_reported_once_per_split(tmp_path: Path, capsys, capl
     val = write_jsonl(
         tmp_path / "val.jsonl", [clean, {"prompt": "it\u2019s", "chosen": "a", "rejected": "b"}]
     )
-    dm = PreferenceDataModule(build_char_tokenizer(), train_file=str(train), val_file=str(val))
+    dm = PreferenceDataModule(
+        build_char_tokenizer(), source=DataSource(train_file=str(train), val_file=str(val))
+    )
     with caplog.at_level(logging.WARNING, logger="lightning_dpo.data.report"):
         dm.setup()
     train_stats, val_stats = dm.stats
@@ -161,7 +167,10 @@ def test_hh_record_whose_chosen_ends_at_assistant_is_an_eos_response(tmp_path: P
         {"chosen": HH_PROMPT + " ok", "rejected": HH_PROMPT + " fine"},
     ]
     data = write_jsonl(tmp_path / "hh.jsonl", rows)
-    dm = PreferenceDataModule(train_file=str(data), val_file=str(data), max_length=256)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(data), val_file=str(data)),
+        tokens=TokenSettings(max_length=256),
+    )
     dm.setup()
     tok, eos = dm.tokenizer, dm.tokenizer.eos_token_id
     first, second, third, _ = dm.train_pairs
@@ -207,7 +216,10 @@ def test_long_multi_turn_prompt_keeps_its_latest_turns(tmp_path: Path) -> None:
         {"chosen": HH_PROMPT + " Fine.", "rejected": HH_PROMPT + " No."},
     ]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
-    dm = PreferenceDataModule(train_file=str(data), val_file=str(data), max_length=128)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(data), val_file=str(data)),
+        tokens=TokenSettings(max_length=128),
+    )
     dm.setup()
     tok, (long, short) = dm.tokenizer, dm.train_pairs
     kept = tok.decode(long.prompt_ids[1:])
@@ -227,10 +239,10 @@ def test_record_that_cannot_be_made_to_fit_is_refused_and_counted(tmp_path: Path
         {"prompt": "Q?", "chosen": "yes", "rejected": "no"},
     ]
     data = write_jsonl(tmp_path / "fit.jsonl", rows)
-    kwargs = {"train_file": str(data), "val_file": str(data), "max_length": 64}
+    kwargs = {"source": DataSource(str(data), str(data)), "tokens": TokenSettings(max_length=64)}
     with pytest.raises(DataValidationError, match=r"fit\.jsonl:1: fields 'chosen', 'rejected'"):
         PreferenceDataModule(**kwargs).setup()
-    dm = PreferenceDataModule(**kwargs, on_invalid="skip")
+    dm = PreferenceDataModule(**kwargs, records=RecordSettings(on_invalid="skip"))
     dm.setup()
     assert len(dm.train_pairs) == 1 and dm.skipped[0].skipped["identical_tokens"] == 1
     printed = capsys.readouterr().out
@@ -246,7 +258,7 @@ def test_data_report_is_printed_and_logged_even_when_nothing_is_refused(
     rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(10)]
     data = write_jsonl(tmp_path / "ok.jsonl", rows)
     with caplog.at_level(logging.INFO, logger="lightning_dpo.data.report"):
-        PreferenceDataModule(train_file=str(data), val_fraction=0.2).setup()
+        PreferenceDataModule(source=DataSource(train_file=str(data), val_fraction=0.2)).setup()
     printed = capsys.readouterr().out.splitlines()
     reading = "format explicit (detected), plain text"
     assert printed[0] == f"data {data} (train, val): read 10 records, kept 10; {reading}"
@@ -267,7 +279,7 @@ def test_data_report_shows_once_when_logging_already_writes_to_the_console(
     logger.addHandler(console)
     level, logger.level = logger.level, logging.INFO
     try:
-        PreferenceDataModule(train_file=str(data), val_fraction=0.5).setup()
+        PreferenceDataModule(source=DataSource(train_file=str(data), val_fraction=0.5)).setup()
     finally:
         logger.removeHandler(console)
         logger.setLevel(level)
@@ -299,8 +311,10 @@ def test_fingerprints_follow_the_tokenizer_and_the_truncation(tmp_path: Path) ->
     rows = [{"prompt": "x" * 40 + str(i), "chosen": "abc", "rejected": "acb"} for i in range(10)]
     data = str(write_jsonl(tmp_path / "d.jsonl", rows))
 
-    def fingerprint(**kwargs: object) -> str:
-        return PreferenceDataModule(train_file=data, max_length=32, **kwargs).fingerprint("train")
+    def fingerprint(tokenizer=None, max_prompt_length: int | None = None) -> str:
+        tokens = TokenSettings(max_length=32, max_prompt_length=max_prompt_length)
+        source = DataSource(train_file=data)
+        return PreferenceDataModule(tokenizer, source, tokens=tokens).fingerprint("train")
 
     byte = fingerprint()
     assert fingerprint(tokenizer=build_char_tokenizer()) != byte
@@ -332,7 +346,10 @@ def test_a_prompt_is_cut_only_as_far_as_the_longer_response_needs(tmp_path: Path
         {"chosen": prompt + " " + "Long. " * 60, "rejected": prompt + " No."},  # to the floor
     ]
     data = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    dm = PreferenceDataModule(train_file=str(data), val_file=str(data), max_length=256)
+    dm = PreferenceDataModule(
+        source=DataSource(train_file=str(data), val_file=str(data)),
+        tokens=TokenSettings(max_length=256),
+    )
     dm.setup()
     whole, fitted, floor = dm.train_pairs
     assert len(prompt) + 1 > 128
@@ -341,7 +358,8 @@ def test_a_prompt_is_cut_only_as_far_as_the_longer_response_needs(tmp_path: Path
     assert dm.tokenizer.decode(fitted.chosen_ids).endswith("Long. </s>")
     assert len(floor.prompt_ids) == 128 and len(floor.chosen_ids) == 128
     capped = PreferenceDataModule(
-        train_file=str(data), val_file=str(data), max_length=256, max_prompt_length=64
+        source=DataSource(train_file=str(data), val_file=str(data)),
+        tokens=TokenSettings(max_length=256, max_prompt_length=64),
     )
     capped.setup()
     assert all(len(pair.prompt_ids) == 64 for pair in capped.train_pairs)  # TRL's fixed cap

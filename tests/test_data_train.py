@@ -1,4 +1,4 @@
-"""`python train.py data=jsonl data.path=<file>` on a file of each format."""
+"""`python train.py data=jsonl data.source.path=<file>` on a file of each format."""
 
 from __future__ import annotations
 
@@ -45,34 +45,42 @@ def rows(fmt: str) -> list[dict[str, object]]:
 @pytest.mark.parametrize("fmt", ["explicit", "implicit", "conversational"])
 def test_train_on_each_format(tmp_path: Path, fmt: str) -> None:
     data = write_jsonl(tmp_path / f"{fmt}.jsonl", rows(fmt))
-    overrides = ["data=jsonl", f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}"]
+    overrides = [
+        "data=jsonl",
+        f"data.source.path={data}",
+        f"data.tokens.cache_dir={tmp_path / 'cache'}",
+    ]
     if fmt == "conversational":
         tok = build_char_tokenizer()
         tok.chat_template = CHAT_TEMPLATE
         tok.save_pretrained(tmp_path / "tok")
         overrides.append(f"data.tokenizer={tmp_path / 'tok'}")
-    cfg = compose_train_config(tmp_path, [*overrides, "data.batch_size=4", *FAST_OVERRIDES[3:]])
+    cfg = compose_train_config(
+        tmp_path, [*overrides, "data.batches.batch_size=4", *FAST_OVERRIDES[3:]]
+    )
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
 
 
 def train_py(tmp_path: Path, *overrides: str):
     """``python train.py data=jsonl`` with quick settings, running under ``tmp_path``."""
-    quick = ["data.batch_size=4", *FAST_OVERRIDES[3:], f"hydra.run.dir={tmp_path / 'run'}"]
+    quick = ["data.batches.batch_size=4", *FAST_OVERRIDES[3:], f"hydra.run.dir={tmp_path / 'run'}"]
     return run_python("train.py", "data=jsonl", *quick, *overrides)
 
 
 @pytest.mark.slow
 def test_train_py_command_line_with_data_path(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", rows("implicit"))
-    done = train_py(tmp_path, f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}")
+    done = train_py(
+        tmp_path, f"data.source.path={data}", f"data.tokens.cache_dir={tmp_path / 'cache'}"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cache").is_dir()
 
 
 def test_data_jsonl_without_a_path_names_the_setting(tmp_path: Path) -> None:
     cfg = compose_train_config(tmp_path, ["data=jsonl", *FAST_OVERRIDES])
-    with pytest.raises(Exception, match=r"data\.path"):
+    with pytest.raises(Exception, match=r"data\.source\.path"):
         train(cfg)
 
 
@@ -119,8 +127,14 @@ def chat_model(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("fmt", ["sharegpt", "openai", "whole_conversations"])
 def test_chat_formats_train_with_only_the_data_path_and_the_model(tmp_path: Path, fmt: str):
     data = write_jsonl(tmp_path / f"{fmt}.jsonl", chat_rows(fmt))
-    overrides = ["data=jsonl", f"data.path={data}", f"model.pretrained={chat_model(tmp_path)}"]
-    cfg = compose_train_config(tmp_path, [*overrides, "data.batch_size=4", *FAST_OVERRIDES[3:]])
+    overrides = [
+        "data=jsonl",
+        f"data.source.path={data}",
+        f"model.pretrained={chat_model(tmp_path)}",
+    ]
+    cfg = compose_train_config(
+        tmp_path, [*overrides, "data.batches.batch_size=4", *FAST_OVERRIDES[3:]]
+    )
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/rewards/accuracies" in metrics
 
@@ -129,7 +143,7 @@ def test_chat_formats_train_with_only_the_data_path_and_the_model(tmp_path: Path
 def test_train_py_trains_a_sharegpt_file_through_the_chat_template(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sharegpt.jsonl", chat_rows("sharegpt"))
     model = f"model.pretrained={chat_model(tmp_path)}"
-    done = train_py(tmp_path, f"data.path={data}", model, "callbacks=minimal", "logger=none")
+    done = train_py(tmp_path, f"data.source.path={data}", model, "callbacks=minimal", "logger=none")
     assert done.returncode == 0, done.stderr[-2000:]
     rendering = "format sharegpt (detected), rendered with the tokenizer's chat template"
     assert rendering in done.stdout + done.stderr

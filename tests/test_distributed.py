@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.data.settings import BatchSettings, DataSource
 from lightning_dpo.reference.cache.store import compute_pair_logps, read_verified_table
 from tests.helpers import PAGE, initial_policy, reference_logps, run_two_ranks
 
@@ -70,7 +71,10 @@ def test_reference_cache_computed_by_two_ranks_is_the_single_process_one(tmp_pat
     ranks = run_two_ranks(strategy, tmp_path / "first", "--cache", str(cache))
     tables = sorted(cache.glob("*.pt"))
     assert len(tables) == 2  # train and val, written once
-    datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4, layout="packed")
+    datamodule = PreferenceDataModule(
+        source=DataSource(num_train=64, num_val=16),
+        batches=BatchSettings(batch_size=4, layout="packed"),
+    )
     datamodule.setup()
     initial = initial_policy()
     written = {path.name: read_verified_table(path) for path in tables}

@@ -30,9 +30,9 @@ RUN = [
     "logger=none",
     *LEAN_OVERRIDES,
     "seed=0",
-    "data.num_train=64",  # 8 steps an epoch: the run crosses an epoch boundary
-    "data.num_val=16",
-    "data.batch_size=8",
+    "data.source.num_train=64",  # 8 steps an epoch: the run crosses an epoch boundary
+    "data.source.num_val=16",
+    "data.batches.batch_size=8",
     f"trainer.max_steps={MAX_STEPS}",
     f"trainer.val_check_interval={INTERVAL}",
     "trainer.num_sanity_val_steps=0",

@@ -22,6 +22,7 @@ from lightning_dpo import (
     ReferenceSwapCallback,
 )
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
+from lightning_dpo.data.settings import DataSource
 from lightning_dpo.losses import OBJECTIVES
 from lightning_dpo.training import train
 from tests.helpers import (
@@ -133,7 +134,9 @@ def test_ld_alpha_applies_to_the_reference_forward_too(tiny_policy, tokenizer, t
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
     )
     trainer = make_bare_trainer(tmp_path, [ReferenceSwapCallback(), capture], max_steps=1)
-    datamodule = PreferenceDataModule(tokenizer, train_file=str(data), val_file=str(data))
+    datamodule = PreferenceDataModule(
+        tokenizer, source=DataSource(train_file=str(data), val_file=str(data))
+    )
     trainer.fit(module, datamodule=datamodule)
     torch.testing.assert_close(capture.reference, capture.policy.sums)
     assert capture.policy.plain_sums is not None

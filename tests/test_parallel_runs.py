@@ -18,7 +18,7 @@ from tests.helpers import FAST_OVERRIDES, LEAN_OVERRIDES, REPO, script_env
 @pytest.mark.slow
 def test_two_jobs_sharing_both_caches_finish_with_the_same_reference(tmp_path):
     shared = [
-        f"data.cache_dir={tmp_path / 'tokens'}",
+        f"data.tokens.cache_dir={tmp_path / 'tokens'}",
         f"callbacks.reference.logps_cache_dir={tmp_path / 'logps'}",
         "logger=none",
         "seed=0",

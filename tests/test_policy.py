@@ -54,11 +54,11 @@ def test_the_tiny_model_gets_as_many_positions_as_the_data_needs(tokenizer):
 
 def test_a_context_shorter_than_max_length_is_refused_naming_both(tmp_path, tokenizer):
     path = save_local_checkpoint(tmp_path / "gpt2", "gpt2", tokenizer)  # 128 positions
-    cfg = compose_train_config(tmp_path, [f"model.pretrained={path}", "data.max_length=512"])
+    cfg = compose_train_config(tmp_path, [f"model.pretrained={path}", "data.tokens.max_length=512"])
     with pytest.raises(InstantiationException) as error:
         build(cfg)
     message = str(error.value.__cause__)
-    assert "data.max_length=512 is longer than the model's context" in message
+    assert "data.tokens.max_length=512 is longer than the model's context" in message
     assert f"model.pretrained='{path}' has max_position_embeddings=128" in message
 
 

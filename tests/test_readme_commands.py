@@ -98,7 +98,7 @@ def test_readme_local_gpt2_walkthrough_trains(tmp_path, monkeypatch, model):
     ]
     data = tmp_path / "hh.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    overrides = ["data=jsonl", f"data.path={data}", "model.pretrained=gpt2-local"]
+    overrides = ["data=jsonl", f"data.source.path={data}", "model.pretrained=gpt2-local"]
     if model == "lora":
         overrides += ["model=lora", "model.lora.target_modules=[c_attn]"]
     cfg = compose_train_config(tmp_path / "run", [*overrides, *FAST_OVERRIDES, *LEAN_OVERRIDES])

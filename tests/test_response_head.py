@@ -86,7 +86,9 @@ def test_a_mask_the_model_ignores_is_caught_by_the_probe(monkeypatch, caplog):
     model = build_model("llama", "eager")
     assert resolve_layout("auto", model) == "packed"  # the additive mask: exact
     monkeypatch.setattr(mask_module, "as_model_mask", lambda allowed, *_: allowed)
-    with pytest.raises(ValueError, match=r"data.layout=prefix_shared cannot run LlamaForCausalLM"):
+    with pytest.raises(
+        ValueError, match=r"data.batches.layout=prefix_shared cannot run LlamaForCausalLM"
+    ):
         resolve_layout("prefix_shared", model)
     with caplog.at_level(logging.INFO):
         assert resolve_layout("auto", model) == "padded"
@@ -99,5 +101,5 @@ def test_attention_without_custom_masks_is_refused_by_name():
     with pytest.raises(ValueError, match="'flash_attention_2' does not take a custom 4-D mask"):
         resolve_layout("packed", model)
     assert resolve_layout("padded", model) == "padded"
-    with pytest.raises(ValueError, match=r"data.layout must be one of \['auto', 'padded'"):
+    with pytest.raises(ValueError, match=r"data.batches.layout must be one of \['auto', 'padded'"):
         resolve_layout("rows", model)

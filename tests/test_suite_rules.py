@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,53 @@ def test_every_import_of_the_package_runs_down_a_floor():
     assert units <= set(FLOORS), f"give these a floor: {sorted(units - set(FLOORS))}"
     upward = sorted(f"{a} -> {b}" for a, b in arrows if FLOORS[b] >= FLOORS[a])
     assert upward == []
+
+
+def names_in(path: Path) -> set[str]:
+    """Every identifier ``path`` defines or uses (names, attributes, arguments, keywords)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.arg | ast.keyword) and node.arg:
+            found.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            found.add(node.name)
+    return found
+
+
+NAMES_THE_REFERENCE = re.compile(r"(^|_)reference|Reference")
+"""``reference_logps``, ``ReferenceSwapCallback``; not ``PreferenceRecord``."""
+
+
+def test_the_data_layer_neither_imports_nor_names_the_reference():
+    """Windows carry micro-batches; what the reference computes from them is kept there."""
+    offenders = {}
+    for path in (PACKAGE / "data").rglob("*.py"):
+        imports = [m for m in imported_modules(path) if m.startswith("lightning_dpo.reference")]
+        names = sorted(filter(NAMES_THE_REFERENCE.search, names_in(path)))
+        if imports or names:
+            offenders[str(path.relative_to(PACKAGE))] = imports + names
+    assert offenders == {}
+
+
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 250, 45
+
+
+def test_no_class_or_function_of_the_package_is_too_long_to_read_at_once():
+    """Classes up to 250 lines, functions up to 45, docstrings included."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                limit = MAX_FUNCTION_LINES
+            else:
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {lines}")
+    assert too_long == []

@@ -75,7 +75,7 @@ def test_rpo_on_data_without_rewards_names_file_record_and_fields(tmp_path):
     data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     cfg = compose_train_config(
         tmp_path,
-        ["data=jsonl", f"data.train_file={data}", "loss=rpo", *FAST_OVERRIDES],
+        ["data=jsonl", f"data.source.train_file={data}", "loss=rpo", *FAST_OVERRIDES],
     )
     with pytest.raises(DataValidationError) as error:
         train(cfg)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException
 
 from lightning_dpo.config_types import accepts, expected
 from lightning_dpo.errors import ConfigError, describe
@@ -48,7 +48,6 @@ def test_expected_says_what_fits_in_words():
     [
         ("trainer.max_steps=abc", "trainer.max_steps: expected an integer, got 'abc'"),
         ("trainer.precision=17", "trainer.precision: expected one of [64, 32, 16, "),
-        ("data.batch_size=8.5", "data.batch_size: expected an integer, got 8.5"),
         ("callbacks.model_checkpoint.save_last=maybe", "callbacks.model_checkpoint.save_last"),
     ],
 )
@@ -60,6 +59,24 @@ def test_a_value_of_the_wrong_type_is_named_before_anything_is_built(tmp_path, o
 
 
 @pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batches.batch_size=8.5", "'8.5' of type 'float' could not be converted to Integer"),
+        ("data.batches.bogus=1", "Key 'bogus' not in 'BatchSettings'"),
+        ("data.batch_size=8", "Key 'batch_size' not in 'DataConfig'"),  # the groups' keys
+    ],
+)
+def test_a_data_setting_of_the_wrong_type_or_name_is_refused_when_composed(
+    tmp_path, override, message
+):
+    """The data settings' schema (lightning_dpo.data.settings): Hydra refuses before a run."""
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train_config(tmp_path, [*FAST_OVERRIDES, override])
+    assert message in str(error.value.__cause__)
+    assert override.split("=")[0] in str(error.value.__cause__)
+
+
+@pytest.mark.parametrize(
     ("override", "error", "message"),
     [
         (
@@ -67,9 +84,21 @@ def test_a_value_of_the_wrong_type_is_named_before_anything_is_built(tmp_path, o
             ConfigError,
             "trainer.accumulate_grad_batches: expected an integer >= 1, got 0",
         ),
-        ("data.num_workers=-1", ValueError, "data.num_workers must be >= 0, got -1"),
-        ("data.val_fraction=1.5", ValueError, "data.val_fraction must be in (0, 1), got 1.5"),
-        ("data.val_fraction=0", ValueError, "data.val_fraction must be in (0, 1), got 0"),
+        (
+            "data.batches.num_workers=-1",
+            ValueError,
+            "data.batches.num_workers must be >= 0, got -1",
+        ),
+        (
+            "data.source.val_fraction=1.5",
+            ValueError,
+            "data.source.val_fraction must be in (0, 1), got 1.5",
+        ),
+        (
+            "data.source.val_fraction=0",
+            ValueError,
+            "data.source.val_fraction must be in (0, 1), got 0",
+        ),
     ],
 )
 def test_an_out_of_range_value_is_named_before_anything_is_built(
@@ -103,7 +132,7 @@ def _run_train(tmp_path, *overrides: str, full_error: bool = False):
 def test_train_py_shows_a_data_error_as_one_block_without_traceback(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": 5}\n')
-    result = _run_train(tmp_path, "data=jsonl", f"data.path={data}", *FAST_OVERRIDES)
+    result = _run_train(tmp_path, "data=jsonl", f"data.source.path={data}", *FAST_OVERRIDES)
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert f"{data}:1: field 'rejected': expected a" in output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -11,145 +13,83 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.batches.loaders import pair_loader
 from lightning_dpo.data.pipeline import read_splits, tokenize_split
-from lightning_dpo.data.records.formats import DEFAULT_TURN_MARKERS, FormatOptions
-from lightning_dpo.data.records.rows import resolve_train_source
-from lightning_dpo.data.records.validation import SkipReport, check_on_invalid
+from lightning_dpo.data.records.validation import SkipReport
 from lightning_dpo.data.report import SplitStats, announce
 from lightning_dpo.data.requirements import require_pair_fields
+from lightning_dpo.data.settings import (
+    BatchSettings,
+    DataSource,
+    RecordSettings,
+    TokenSettings,
+    as_settings,
+)
 from lightning_dpo.data.tokens.fingerprints import pairs_fingerprint, tokenizer_fingerprint
-from lightning_dpo.data.tokens.tokenization import resolve_max_prompt_length
 from lightning_dpo.data.tokens.tokenizer_loading import load_tokenizer
-from lightning_dpo.layouts.rows import check_layout
 from lightning_dpo.pairs import TokenizedPair
 from lightning_dpo.scoring.plan import ScoringPlan
+
+Group = Mapping[str, Any] | None
 
 
 class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs from local files, saved or cached datasets, or the embedded task.
 
-    Data sources:
+    The data goes through three stages, each with its settings group
+    (:mod:`lightning_dpo.data.settings`; in ``train.py``, ``data.source``,
+    ``data.records``, ``data.tokens``, ``data.batches``):
 
-    * no ``train_file``: the embedded sort task, ``num_train``/``num_val`` pairs with
-      held-out validation prompts and verifiable rewards (chosen 1.0, rejected the
-      fraction of positions it gets right), so every loss, RPO included, runs on it
-      (see :func:`generate_sort_splits`);
-    * ``train_file`` only: any source :func:`~lightning_dpo.data.records.rows.read_rows` reads
-      (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, a folder of them, a
+    * records (``source``, ``records``): without a file, the embedded sort task,
+      ``num_train``/``num_val`` pairs with held-out validation prompts and verifiable
+      rewards, so every loss, RPO included, runs on it (see :func:`generate_sort_splits`);
+      with ``train_file`` only, any source :func:`~lightning_dpo.data.records.rows.read_rows`
+      reads (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, a folder of them, a
       ``save_to_disk`` folder, a Hub dataset already in the local cache), with
-      ``val_fraction`` of its distinct prompts held out (:func:`split_by_prompt`, seeded);
-    * ``train_file`` and ``val_file``: both sources.
+      ``val_fraction`` of its distinct prompts held out (seeded); with ``val_file`` too,
+      both. Explicit, implicit and conversational records (TRL, ShareGPT, OpenAI) are
+      validated, refused or skipped per ``on_invalid``;
+    * tokens (``tokens``): tokenised once in :meth:`setup` (reused across runs through
+      ``cache_dir``); over-long records are cut, not refused: the prompt keeps its end (by
+      default cut only as far as the longer response needs, never below
+      ``max_length // 2``), the responses their start;
+    * batches (``batches``): by pair count or token budget, laid out as the scoring plan
+      says (:meth:`connect`), each optimizer step's micro-batches carried together;
+      batches follow the contract of :func:`collate_pairs`, ``pair_index`` included.
 
-    Records in the explicit (``prompt``/``chosen``/``rejected`` strings), implicit (whole
-    ``chosen``/``rejected`` conversations) or conversational (message lists, rendered by
-    the tokenizer's chat template) format are validated, then tokenised once in
-    :meth:`setup` (reused across runs through ``cache_dir``); batches follow the contract
-    of :func:`collate_pairs`, ``pair_index`` included. ``tokenizer`` is ready right after
-    construction. Over-long records are cut, not refused: the prompt keeps its end (by
-    default cut only as far as the longer response needs, never below
-    ``max_length // 2``), the responses their start. :meth:`setup` prints
-    and logs the data report: per source the records read, kept and refused (by reason),
-    per split the empty responses, cuts and unknown tokens (see ``skipped``, ``stats``).
+    ``tokenizer`` is ready right after construction. :meth:`setup` prints and logs the
+    data report: per source the records read, kept and refused (by reason), per split the
+    empty responses, cuts and unknown tokens (see ``skipped``, ``stats``).
 
     Args:
         tokenizer: ``None`` for a built-in tokenizer (byte-level for file data, the
             character tokenizer for the embedded task), a local directory, or a tokenizer
             object (see :func:`load_tokenizer`).
-        train_file: Training data source, or ``None`` for the embedded task.
-        val_file: Validation data source (requires ``train_file``).
-        val_fraction: Fraction of prompts held out when only ``train_file`` is given.
-        num_train: Training pairs of the embedded task.
-        num_val: Validation pairs of the embedded task.
+        source: Where the records come from (:class:`DataSource`, or a mapping of its
+            fields; ``None``: the embedded task).
+        records: How rows are read and validated (:class:`RecordSettings`).
+        tokens: How records become token ids (:class:`TokenSettings`).
+        batches: How pairs become batches (:class:`BatchSettings`).
         seed: Seed of the embedded task, the hold-out split and the training shuffle.
-        batch_size: Pairs per batch (a batch holds ``2 * batch_size`` sequences), when
-            ``max_tokens`` is ``None``.
-        max_length: Maximum tokens of prompt + response; longer responses are cut at
-            their end.
-        max_prompt_length: A fixed cap on the prompt tokens, below ``max_length`` (TRL's);
-            a longer prompt is cut from its start (its latest turns stay). ``None``
-            (default): a prompt is cut only when the longer response would not fit, as
-            far as it needs, but never below ``max_length // 2``
-            (:func:`~lightning_dpo.data.tokens.tokenization.prompt_budget`).
-        num_workers: DataLoader worker processes.
-        path: Alias of ``train_file`` (``data.path=...``).
-        require_file: Refuse to fall back to the embedded task when no file is given.
-        train_split: Split of a ``DatasetDict``/Hub source used for training.
-        val_split: Split of a ``DatasetDict``/Hub ``val_file``.
-        format: ``"auto"`` (detected from the first record), ``"explicit"``,
-            ``"implicit"``, ``"conversational"`` (TRL's message lists), ``"sharegpt"``
-            or ``"openai"`` (:mod:`lightning_dpo.data.records.conversations`).
-        columns: Our field -> the data's column, e.g. ``{"prompt": "question",
-            "chosen": "response_j", "rejected": "response_k"}``.
-        turn_markers: Turn boundaries that end an implicit prompt.
-        chat_template: Render plain-text records (hh-rlhf dialogues, explicit prompts)
-            through the tokenizer's chat template; conversation formats always are.
-        default_chosen_reward: Reward of a chosen response without one (``None``: unset).
-        default_rejected_reward: Reward of a rejected response without one.
-        on_invalid: ``"error"`` (refuse the data, naming every bad record) or ``"skip"``
-            (drop bad records; a count per reason is printed and logged, see ``skipped``).
-        cache_dir: Folder where token ids are cached across runs, or ``None``.
-        reference_windows: When the Trainer accumulates gradients over ``k`` batches,
-            collate the training batches ``k`` at a time (the same batches, in the same
-            order), so that ``ReferenceSwapCallback`` computes the reference log-probs of a
-            whole optimizer step in one swap.
-        layout: How a batch is laid out in rows (:mod:`lightning_dpo.layouts.rows`):
-            ``"padded"``, ``"prefix_shared"``, ``"packed"``, or ``"auto"``: the fastest one
-            that is exact on the policy (decided with the scoring plan the module probes
-            and hands in, see :meth:`connect`).
-        max_tokens: Token budget of a batch (prompt once plus both responses of each
-            pair): batches of pairs of similar length up to this many tokens, instead of
-            ``batch_size`` pairs. ``None``: ``batch_size`` pairs.
     """
 
     def __init__(
         self,
         tokenizer: str | PreTrainedTokenizerBase | None = None,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        val_fraction: float = 0.1,
-        num_train: int = 2048,
-        num_val: int = 256,
+        source: DataSource | Group = None,
+        records: RecordSettings | Group = None,
+        tokens: TokenSettings | Group = None,
+        batches: BatchSettings | Group = None,
         seed: int = 0,
-        batch_size: int = 32,
-        max_length: int = 64,
-        max_prompt_length: int | None = None,
-        num_workers: int = 0,
-        path: str | None = None,
-        require_file: bool = False,
-        train_split: str = "train",
-        val_split: str = "test",
-        format: str = "auto",
-        columns: Mapping[str, str] | None = None,
-        turn_markers: Sequence[str] | None = None,
-        chat_template: bool = False,
-        default_chosen_reward: float | None = None,
-        default_rejected_reward: float | None = None,
-        on_invalid: str = "error",
-        cache_dir: str | None = None,
-        reference_windows: bool = True,
-        layout: str = "auto",
-        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        check_layout(layout)
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"data.max_tokens must be a positive number or null, got {max_tokens}")
-        train_file = resolve_train_source(train_file, path, require_file)
-        if val_file is not None and train_file is None:
-            raise ValueError("val_file requires train_file")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        check_on_invalid(on_invalid)
-        resolve_max_prompt_length(max_length, max_prompt_length)
-        self.format_options = FormatOptions(
-            format, dict(columns or {}), tuple(turn_markers or DEFAULT_TURN_MARKERS), chat_template
-        )
-        self.save_hyperparameters(ignore=["tokenizer"])
-        self.hparams.train_file = train_file
-        self.tokenizer = load_tokenizer(tokenizer, text_data=train_file is not None)
+        self.source = as_settings(DataSource, source)
+        self.records = as_settings(RecordSettings, records)
+        self.tokens = as_settings(TokenSettings, tokens)
+        self.batches = as_settings(BatchSettings, batches)
+        self.seed = seed
+        groups = ("source", "records", "tokens", "batches")
+        self.save_hyperparameters({name: asdict(getattr(self, name)) for name in groups})
+        self.hparams.seed = seed
+        self.tokenizer = load_tokenizer(tokenizer, text_data=self.source.train_file is not None)
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None
         #: Per-source skip reports of the last :meth:`setup` (counts are zero in error mode).
@@ -174,8 +114,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     @property
     def requested_layout(self) -> str:
-        """``data.layout`` as given: ``auto`` or a layout name (the plan decides)."""
-        return self.hparams.layout
+        """``data.batches.layout`` as given: ``auto`` or a layout name (the plan decides)."""
+        return self.batches.layout
 
     def layout(self) -> str:
         """The layout batches are built in: the plan's; without one, ``padded`` for ``auto``.
@@ -188,7 +128,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.requested_layout != "auto":
             return self.requested_layout
         if not self._said_padded:
-            rank_zero_info("data.layout=auto without a scoring plan to follow: padded.")
+            rank_zero_info("data.batches.layout=auto without a scoring plan to follow: padded.")
             self._said_padded = True
         return "padded"
 
@@ -204,10 +144,10 @@ class PreferenceDataModule(L.LightningDataModule):
         """
         if self.train_pairs is not None:
             return
-        hp, tokenizer = self.hparams, self.tokenizer
-        train, val, self._reports = read_splits(hp, tokenizer, self.format_options)
+        tokenizer, on_invalid = self.tokenizer, self.records.on_invalid
+        train, val, self._reports = read_splits(self.source, self.records, tokenizer, self.seed)
         (train_pairs, train_stats), (val_pairs, val_stats) = (
-            tokenize_split(records, split, tokenizer, hp, self._reports[split])
+            tokenize_split(records, split, tokenizer, self.tokens, on_invalid, self._reports[split])
             for records, split in ((train, "train"), (val, "val"))
         )
         self.skipped = list({id(r): r for r in self._reports.values()}.values())
@@ -236,10 +176,9 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of ('train', 'val'), got {split!r}")
         if split not in self._fingerprints:
             train, val = self._pairs()
-            hp = self.hparams
             settings = {
-                "max_length": hp.max_length,
-                "max_prompt_length": hp.max_prompt_length,
+                "max_length": self.tokens.max_length,
+                "max_prompt_length": self.tokens.max_prompt_length,
                 "tokenizer": tokenizer_fingerprint(self.tokenizer),
             }
             pairs = train if split == "train" else val
@@ -252,31 +191,27 @@ class PreferenceDataModule(L.LightningDataModule):
         assert self.train_pairs is not None and self.val_pairs is not None
         return self.train_pairs, self.val_pairs
 
-    def _loader(self, pairs: list[TokenizedPair], train: bool, **ranks: int) -> DataLoader:
+    def _loader(self, pairs: list[TokenizedPair], train: bool, **ranks: int | None) -> DataLoader:
         """Batches of ``pairs`` in the layout, as planned (shuffled and windowed for training)."""
-        hp = self.hparams
         return pair_loader(
             pairs,
             self.tokenizer,
             self.layout(),
-            batch_size=hp.batch_size,
-            max_tokens=hp.max_tokens,
-            seed=hp.seed,
+            self.batches,
+            seed=self.seed,
             train=train,
             window=self.trainer.accumulate_grad_batches if train and self.trainer else 1,
-            grouped=hp.reference_windows,
-            num_workers=hp.num_workers,
             **ranks,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training batches, in optimizer-step windows (``reference_windows``)."""
+        """Shuffled (seeded) training batches, each step's carried together (``step_windows``)."""
         return self._loader(self._pairs()[0], train=True)
 
     def ordered_dataloader(self, split: str, num_replicas: int = 1, rank: int = 0) -> DataLoader:
         """Batches of ``split`` (``"train"`` or ``"val"``) in order, every pair once.
 
-        Used to precompute per-pair values keyed by ``pair_index`` (the reference cache).
+        Used to precompute per-pair values keyed by ``pair_index`` (a cache of them).
         With ``num_replicas`` processes, ``rank``'s share: the batches one process would
         get, dealt round-robin (the first ones repeated so that every share has as many).
         """

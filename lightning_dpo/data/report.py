@@ -111,6 +111,14 @@ def _count_unk(
     return tokens, with_unk, first
 
 
+def _unknown_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id of text the tokenizer lost, or ``None`` (none, or one id with EOS or BOS)."""
+    unk = tokenizer.unk_token_id
+    if unk in (tokenizer.eos_token_id, tokenizer.bos_token_id):  # GPT-2's: one id for all
+        return None  # an added EOS or BOS is not lost text
+    return unk
+
+
 def split_stats(
     split: str,
     records: Sequence[PreferenceRecord],
@@ -134,21 +142,17 @@ def split_stats(
     """
     kept_records = [records[i] for i in built.kept]
     kept = [encodings[i] for i in built.kept]
-    unk = tokenizer.unk_token_id
-    if unk in (tokenizer.eos_token_id, tokenizer.bos_token_id):  # GPT-2's: one id for all
-        unk = None  # an added EOS or BOS is not lost text
+    unk = _unknown_token_id(tokenizer)
     unk_counts = (0, 0, None) if unk is None else _count_unk(kept_records, kept, unk)
+    cut = list(zip(built.pairs, kept, strict=True))
     return SplitStats(
         split=split,
         source=kept_records[0].source if kept_records else "<none>",
         pairs=len(built.pairs),
         empty_responses=sum(r.has_empty_response for r in kept_records),
-        prompts_cut=sum(
-            len(p.prompt_ids) < len(e[0]) for p, e in zip(built.pairs, kept, strict=True)
-        ),
+        prompts_cut=sum(len(p.prompt_ids) < len(e[0]) for p, e in cut),
         responses_cut=sum(
-            (len(p.chosen_ids) < len(e[1])) + (len(p.rejected_ids) < len(e[2]))
-            for p, e in zip(built.pairs, kept, strict=True)
+            (len(p.chosen_ids) < len(e[1])) + (len(p.rejected_ids) < len(e[2])) for p, e in cut
         ),
         unk_tokens=unk_counts[0],
         unk_records=unk_counts[1],

@@ -44,17 +44,17 @@ from lightning_dpo.batch import (
 from lightning_dpo.pairs import TokenizedPair
 
 LAYOUTS: tuple[str, ...] = ("auto", "padded", "prefix_shared", "packed")
-"""The ``data.layout`` choices; ``auto`` is the fastest exact one the model supports."""
+"""The ``data.batches.layout`` choices; ``auto`` is the fastest exact one the model supports."""
 
 
 def check_layout(name: str) -> str:
-    """``name``, checked: one of :data:`LAYOUTS` (the one check of ``data.layout``).
+    """``name``, checked: one of :data:`LAYOUTS` (the one check of ``data.batches.layout``).
 
     Raises:
-        ValueError: Naming ``data.layout`` and the valid choices.
+        ValueError: Naming ``data.batches.layout`` and the valid choices.
     """
     if name not in LAYOUTS:
-        raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {name!r}")
+        raise ValueError(f"data.batches.layout must be one of {list(LAYOUTS)}, got {name!r}")
     return name
 
 

@@ -70,7 +70,7 @@ class ReferenceSwapCallback(Callback, Wired):
             snapshot) and keep them in this directory, keyed by the reference weights,
             the data and the log-prob settings; a later run with the same key (the next
             job of a sweep over ``loss`` and ``beta``) loads them and runs no reference
-            forward at all. Not ``data.cache_dir``, which caches token ids.
+            forward at all. Not ``data.tokens.cache_dir``, which caches token ids.
         datamodule: The data the cache is computed over (``fingerprint(split)`` and
             ``ordered_dataloader(split)``, as ``PreferenceDataModule``); by default the
             datamodule given to ``fit``. See :meth:`connect`.
@@ -238,8 +238,8 @@ class ReferenceSwapCallback(Callback, Wired):
             rank_zero_info(
                 f"accumulate_grad_batches={trainer.accumulate_grad_batches}, but the training "
                 "batches come one at a time: one reference swap per micro-batch. "
-                "PreferenceDataModule(reference_windows=True) (or a WindowedDataLoader) "
-                "gives one swap per optimizer step."
+                "PreferenceDataModule's BatchSettings(step_windows=True) (or a "
+                "WindowedDataLoader) gives one swap per optimizer step."
             )
 
     def _source(

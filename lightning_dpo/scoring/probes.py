@@ -102,12 +102,14 @@ def resolve_layout(requested: str, model: nn.Module) -> str:
     reason = layout_unsupported(model, candidate)
     if reason is None:
         if requested == "auto":
-            rank_zero_info(f"data.layout=auto: {candidate} (exact on this model: probed).")
+            rank_zero_info(f"data.batches.layout=auto: {candidate} (exact on this model: probed).")
         return candidate
     kind = type(model).__name__
     if requested != "auto":
-        raise ValueError(f"data.layout={requested} cannot run {kind}: {reason}; use padded")
-    rank_zero_info(f"data.layout=auto: padded, because {kind} cannot take {candidate}: {reason}.")
+        raise ValueError(f"data.batches.layout={requested} cannot run {kind}: {reason}; use padded")
+    rank_zero_info(
+        f"data.batches.layout=auto: padded, because {kind} cannot take {candidate}: {reason}."
+    )
     return "padded"
 
 
@@ -137,7 +139,7 @@ def resolve_plan(
 
     Args:
         policy: The policy, before the strategy places or shards it.
-        layout: ``data.layout``: ``auto`` (the fastest exact layout) or a layout name.
+        layout: ``data.batches.layout``: ``auto`` (the fastest exact layout) or a layout name.
         response_head: ``module.response_head``: use the response-only head where exact.
         chunk_size: ``module.logps_chunk_size``.
 

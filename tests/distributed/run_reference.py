@@ -27,6 +27,7 @@ import torch
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.data.settings import BatchSettings, DataSource
 from lightning_dpo.policy import build_policy
 from lightning_dpo.reference import snapshot_fingerprint
 from lightning_dpo.reference.node_share import mapped_pss_bytes
@@ -69,7 +70,9 @@ class KillAt(pl.Callback):
 
 def main(args: argparse.Namespace) -> None:
     """Train 4 optimizer steps on 2 CPU processes and save what each rank saw."""
-    datamodule = PreferenceDataModule(num_train=64, num_val=16, batch_size=4)
+    datamodule = PreferenceDataModule(
+        source=DataSource(num_train=64, num_val=16), batches=BatchSettings(batch_size=4)
+    )
     torch.manual_seed(args.init_seed)
     policy = build_policy(datamodule.tokenizer, tiny=TINY_POLICY)
     # Under ModelParallelStrategy, PreferenceModule.configure_model shards with FSDP2.

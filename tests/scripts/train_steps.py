@@ -19,10 +19,11 @@ import torch
 
 from lightning_dpo import PreferenceLoss, PreferenceModule, ReferenceSwapCallback
 from lightning_dpo.data import PreferenceDataModule
+from lightning_dpo.data.settings import BatchSettings, DataSource
 from lightning_dpo.policy import build_policy
 from tests.helpers import TINY_POLICY, step_checkpoints
 
-DATA = {"num_train": 32, "num_val": 8, "batch_size": 8}  # 4 steps per epoch
+SOURCE = DataSource(num_train=32, num_val=8)  # 4 steps per epoch of 8 pairs
 
 
 class Record(pl.Callback):
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     budget = {"max_tokens": args.max_tokens, "layout": "packed"} if args.max_tokens else {}
-    datamodule = PreferenceDataModule(**DATA, **budget)
+    datamodule = PreferenceDataModule(source=SOURCE, batches=BatchSettings(batch_size=8, **budget))
     torch.manual_seed(args.init_seed)
     policy = build_policy(datamodule.tokenizer, tiny=TINY_POLICY)
     module = PreferenceModule(policy, PreferenceLoss("dpo"), partial(torch.optim.AdamW, lr=1e-2))

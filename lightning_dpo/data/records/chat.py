@@ -36,7 +36,7 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase | None, fmt: str) -
         f"{name} {path}".rstrip()
         + " has none: use a chat model's tokenizer (model.pretrained=<directory or .gguf> "
         "or data.tokenizer=<directory>), set tokenizer.chat_template, or give plain-text "
-        "data (string prompt/chosen/rejected, data.chat_template=false)"
+        "data (string prompt/chosen/rejected, data.records.chat_template=false)"
     )
 
 

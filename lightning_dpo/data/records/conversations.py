@@ -8,7 +8,7 @@ r"""Conversation formats: one raw row -> a :class:`~lightning_dpo.data.records.c
   message each (a dict, or a list);
 - ``openai`` (OpenAI preference fine-tuning): ``input.messages``, ``preferred_output`` and
   ``non_preferred_output``;
-- plain hh-rlhf text, with ``data.chat_template=true``: ``\n\nHuman:`` / ``\n\nAssistant:``
+- plain hh-rlhf text, with ``data.records.chat_template=true``: ``\n\nHuman:`` / ``\n\nAssistant:``
   turns parsed into messages (:func:`~lightning_dpo.data.records.messages.dialogue_messages`).
 """
 

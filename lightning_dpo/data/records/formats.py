@@ -67,7 +67,7 @@ class FormatOptions:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
+            raise ValueError(f"data.records.format must be one of {FORMATS}, got {self.format!r}")
         unknown = sorted(set(self.columns) - set(FIELDS))
         if unknown:
             raise ValueError(f"columns: unknown fields {unknown}; valid fields: {FIELDS}")
@@ -142,7 +142,7 @@ def unmatched_format(row: Mapping[str, Any], options: FormatOptions) -> str | No
     formats = "; ".join(f"{name}: {fields}" for name, fields in FORMAT_FIELDS.items())
     return (
         f"expected the fields of one format ({formats}), got fields {sorted(row)}; "
-        "set data.columns to map yours, or data.format to force one"
+        "set data.records.columns to map yours, or data.records.format to force one"
     )
 
 

@@ -104,7 +104,7 @@ class Reading:
 
     def note(self) -> str:
         """What record errors add: the format, and how it was chosen."""
-        chosen = "detected from the first record" if self.detected else "set by data.format"
+        chosen = "detected from the first record" if self.detected else "set by data.records.format"
         return f"(format {self.format}, {chosen})"
 
 
@@ -193,6 +193,23 @@ def _warn_ignored_tools(location: str | os.PathLike[str], rows: list[RawRow]) ->
         )
 
 
+def _records(
+    rows: list[RawRow],
+    reading: Reading,
+    options: FormatOptions,
+    tokenizer: PreTrainedTokenizerBase | None,
+    rewards: RewardDefaults,
+) -> tuple[list[PreferenceRecord], list[tuple[str, RecordProblem]]]:
+    """Each row as a record, or where it is and what is wrong with it."""
+    records, problems = [], []
+    for row in rows:
+        try:
+            records.append(_record(row, reading, options, tokenizer, rewards))
+        except RecordProblem as problem:
+            problems.append((_where(row), problem.noted(reading.note())))
+    return records, problems
+
+
 def load_records(
     location: str | os.PathLike[str],
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -226,12 +243,7 @@ def load_records(
     rows = read_rows(location, split)
     reading = _reading_of(rows, options, tokenizer)
     report = SkipReport(os.fspath(location), total=len(rows), reading=reading.describe())
-    records, problems = [], []
-    for row in rows:
-        try:
-            records.append(_record(row, reading, options, tokenizer, rewards))
-        except RecordProblem as problem:
-            problems.append((_where(row), problem.noted(reading.note())))
+    records, problems = _records(rows, reading, options, tokenizer, rewards)
     apply_policy(problems, on_invalid, report)
     if reading.format == "openai":
         _warn_ignored_tools(location, rows)

@@ -233,5 +233,7 @@ def resolve_train_source(
         raise ValueError(f"path and train_file are aliases; got both: {path!r} and {train_file!r}")
     train_file = train_file if train_file is not None else path
     if train_file is None and require_file:
-        raise ValueError("no data given: set data.path=<file or folder> (alias data.train_file)")
+        raise ValueError(
+            "no data given: set data.source.path=<file or folder> (alias data.source.train_file)"
+        )
     return train_file

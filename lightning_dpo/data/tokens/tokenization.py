@@ -141,6 +141,25 @@ def _cut_prompt(ids: list[int], prefix: list[int], max_prompt_length: int) -> li
     return head + ids[len(ids) - keep :] if keep else head
 
 
+EMPTY_PROMPT = (
+    "field 'prompt': expected at least one token (the tokenizer adds none before a text, "
+    "such as a BOS), got an empty prompt"
+)
+
+
+def _identical(encoding: Encoding, room: int, prompt: int, max_length: int) -> RecordProblem:
+    """The problem of a pair whose responses are the same tokens (once cut to ``room``)."""
+    where = (
+        "once tokenised"
+        if encoding[1] == encoding[2]
+        else f"within the {room} tokens the prompt ({prompt}) leaves of max_length={max_length}"
+    )
+    return RecordProblem(
+        "identical_tokens",
+        f"fields 'chosen', 'rejected': expected responses that differ {where}, got the same tokens",
+    )
+
+
 def build_pair(
     record: PreferenceRecord,
     encoding: Encoding,
@@ -172,25 +191,11 @@ def build_pair(
     budget = prompt_budget(max_length, max_prompt_length, longest)
     prompt = _cut_prompt(encoding[0], prefix, budget)
     if not prompt:
-        raise RecordProblem(
-            "empty_prompt",
-            "field 'prompt': expected at least one token (the tokenizer adds none before a "
-            "text, such as a BOS), got an empty prompt",
-        )
+        raise RecordProblem("empty_prompt", EMPTY_PROMPT)
     room = max_length - len(prompt)
     chosen, rejected = encoding[1][:room], encoding[2][:room]
     if chosen == rejected:
-        where = (
-            "once tokenised"
-            if encoding[1] == encoding[2]
-            else f"within the {room} tokens the prompt ({len(prompt)}) leaves of "
-            f"max_length={max_length}"
-        )
-        raise RecordProblem(
-            "identical_tokens",
-            f"fields 'chosen', 'rejected': expected responses that differ {where}, "
-            "got the same tokens",
-        )
+        raise _identical(encoding, room, len(prompt), max_length)
     return TokenizedPair(
         prompt_ids=tuple(prompt),
         chosen_ids=tuple(chosen),
