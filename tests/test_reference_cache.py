@@ -13,13 +13,13 @@ import torch
 from lightning_dpo import ReferenceSwapCallback
 from lightning_dpo.batch import REFERENCE_LOGPS_KEY
 from lightning_dpo.errors import CheckpointError
+from lightning_dpo.reference.cache.source import CachedSource
 from lightning_dpo.reference.cache.store import (
     TABLE_KEY,
     ReferenceLogpsCache,
     compute_pair_logps,
     read_verified_table,
 )
-from lightning_dpo.reference.sources import CachedSource
 from tests.helpers import (
     CONF_DIR,
     FAST_OVERRIDES,

@@ -137,3 +137,39 @@ def test_no_class_or_function_of_the_package_is_too_long_to_read_at_once():
             if lines > limit:
                 too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {lines}")
     assert too_long == []
+
+
+DATA_STAGES = {"records": 0, "tokens": 1, "batches": 2}
+"""The data layer's stages in order; its other modules (settings, pipeline, the data
+module) come after all three."""
+
+
+def test_the_data_stages_import_only_earlier_stages():
+    def stage(parts: tuple[str, ...]) -> int:
+        return DATA_STAGES.get(parts[0], len(DATA_STAGES)) if len(parts) > 1 else len(DATA_STAGES)
+
+    upward = []
+    for path in (PACKAGE / "data").rglob("*.py"):
+        parts = path.relative_to(PACKAGE / "data").with_suffix("").parts
+        for module in imported_modules(path):
+            if module.startswith("lightning_dpo.data."):
+                target = tuple(module.split(".")[2:])
+                if stage(target) > stage(parts):
+                    upward.append(f"{'/'.join(parts)} -> {module}")
+    assert upward == []
+
+
+def test_no_two_parts_of_a_package_import_each_other():
+    """Within a subpackage too, two parts import each other in one direction at most.
+
+    ``reference.cache`` and ``reference.sources``, ``data.tokens`` and ``data.records``.
+    """
+    arrows = set()
+    for path in PACKAGE.rglob("*.py"):
+        unit = path.relative_to(PACKAGE).with_suffix("").parts[:2]
+        for module in imported_modules(path):
+            if module.startswith("lightning_dpo."):
+                target = tuple(module.split(".")[1:3])
+                if target != unit and target[0] == unit[0]:
+                    arrows.add((".".join(unit), ".".join(target)))
+    assert sorted(tuple(sorted(a)) for a in arrows if a[::-1] in arrows) == []

@@ -14,8 +14,9 @@
   (the Lightning strategies supported).
 """
 
+from lightning_dpo.reference.cache.source import CachedSource
 from lightning_dpo.reference.callback import ReferenceSwapCallback
-from lightning_dpo.reference.sources import CachedSource, LogpsSource, SwapSource
+from lightning_dpo.reference.sources import LogpsSource, SwapSource
 from lightning_dpo.reference.weights.adapters import AdapterDisabledReference
 from lightning_dpo.reference.weights.base import (
     WeightReference,

@@ -15,11 +15,11 @@ from lightning_dpo.batch import REFERENCE_LOGPS_KEY, WINDOW_KEY
 from lightning_dpo.reference.cache.build import PairIndexedData
 from lightning_dpo.reference.contract import ReferenceScoredModule, check_module
 from lightning_dpo.reference.origins import ByAddress, cached_origin, fresh_origin, restored_origin
-from lightning_dpo.reference.settings import SNAPSHOT_DTYPES, ReferenceMode, check_settings
+from lightning_dpo.reference.settings import ReferenceMode, check_settings
 from lightning_dpo.reference.sources import LogpsSource, ReferenceScorer
 from lightning_dpo.reference.strategies import check_supported_strategy, node_share
 from lightning_dpo.reference.weights.base import WeightReference
-from lightning_dpo.reference.weights.placement import SnapshotPlacement, SwapMode
+from lightning_dpo.reference.weights.placement import SNAPSHOT_DTYPES, SnapshotPlacement, SwapMode
 from lightning_dpo.wiring import Wired, Wiring
 
 

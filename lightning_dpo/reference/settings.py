@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-
-from lightning_dpo.reference.weights.placement import SWAP_MODES
+from lightning_dpo.reference.weights.placement import SNAPSHOT_DTYPES, SWAP_MODES
 
 ReferenceMode = Literal["auto", "snapshot", "disable_adapters"]
 MODES = ("auto", "snapshot", "disable_adapters")
-SNAPSHOT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_settings(

@@ -9,8 +9,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_dpo.data.batches.collate import collate_pairs
 from lightning_dpo.data.batches.plan import BatchPlan
+from lightning_dpo.data.batches.settings import BatchSettings
 from lightning_dpo.data.batches.windows import PlannedDataLoader
-from lightning_dpo.data.settings import BatchSettings
 from lightning_dpo.layouts.rows import pair_tokens
 from lightning_dpo.pairs import TokenizedPair
 

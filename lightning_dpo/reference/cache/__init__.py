@@ -4,4 +4,5 @@
   settings) and the verified tables on disk.
 - :mod:`~lightning_dpo.reference.cache.build`: filling it at fit start (every rank its
   share) and loading it.
+- :mod:`~lightning_dpo.reference.cache.source`: the log-prob source that reads it.
 """

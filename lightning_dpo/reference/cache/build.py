@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch.distributed as dist
 
 from lightning_dpo.errors import CheckpointError
+from lightning_dpo.reference.cache.source import CachedSource
 from lightning_dpo.reference.cache.store import (
     PairChunk,
     ReferenceLogpsCache,
@@ -29,7 +30,6 @@ from lightning_dpo.reference.cache.store import (
     assemble_table,
     cache_key,
 )
-from lightning_dpo.reference.sources import CachedSource
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")

@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.policy import load_pretrained
-from lightning_dpo.reference.settings import SNAPSHOT_DTYPES
 from lightning_dpo.reference.weights.base import trainable_parameters
-from lightning_dpo.reference.weights.placement import SnapshotPlacement
+from lightning_dpo.reference.weights.placement import SNAPSHOT_DTYPES, SnapshotPlacement
 from lightning_dpo.reference.weights.snapshot import HostSnapshotReference, snapshot_fingerprint
 
 KIND = "pretrained_address"

@@ -20,6 +20,8 @@ from lightning_dpo.reference.node_share import NodeShare
 
 SwapMode = Literal["auto", "copy", "exchange"]
 SWAP_MODES = ("auto", "copy", "exchange")
+SNAPSHOT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The ``snapshot_dtype`` settings and the dtype each keeps the snapshot in."""
 
 
 @dataclass(frozen=True)
