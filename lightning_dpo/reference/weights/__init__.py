@@ -10,21 +10,3 @@
 - :mod:`~lightning_dpo.reference.weights.selection`: which one a run gets, or a
   checkpoint holds.
 """
-
-from lightning_dpo.reference.weights.base import (
-    HasWeights,
-    WeightReference,
-    eval_mode,
-    local_tensor,
-    reference_context,
-    trainable_parameters,
-)
-
-__all__ = [
-    "HasWeights",
-    "WeightReference",
-    "eval_mode",
-    "local_tensor",
-    "reference_context",
-    "trainable_parameters",
-]
