@@ -87,8 +87,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batches = as_settings(BatchSettings, batches)
         self.seed = seed
         groups = ("source", "records", "tokens", "batches")
-        self.save_hyperparameters({name: asdict(getattr(self, name)) for name in groups})
-        self.hparams.seed = seed
+        self.save_hyperparameters({**{g: asdict(getattr(self, g)) for g in groups}, "seed": seed})
         self.tokenizer = load_tokenizer(tokenizer, text_data=self.source.train_file is not None)
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None

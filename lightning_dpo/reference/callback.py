@@ -246,17 +246,19 @@ class ReferenceSwapCallback(Callback, Wired):
         self, trainer: pl.Trainer, module: ReferenceScoredModule, scorer: ReferenceScorer
     ) -> LogpsSource:
         """The reference of this run: from the checkpoint, the cache, or the policy now."""
+        address = ByAddress(self.pretrained, self.embed_snapshot, self.snapshot_dtype)
         if self._restored_state is not None or trainer.ckpt_path is not None:
             state, self._restored_state = self._restored_state, None
-            placement = self._placement(trainer, module.policy)
-            where = str(trainer.ckpt_path)
-            origin = restored_origin(state, where, module.policy, placement, self)
+            placement, where = self._placement(trainer, module.policy), str(trainer.ckpt_path)
+            cache = self.logps_cache_dir
+            origin = restored_origin(
+                state, where, module.policy, placement, self.mode, cache, address
+            )
         elif self.logps_cache_dir is not None:
             data = self.datamodule if self.datamodule is not None else trainer.datamodule
             origin = cached_origin(trainer, module, data, self.logps_cache_dir, scorer)
         else:
             placement = self._placement(trainer, module.policy)
-            address = ByAddress(self.pretrained, self.embed_snapshot, self.snapshot_dtype)
             moving = self.sync_every is not None
             world = trainer.world_size
             origin = fresh_origin(module.policy, self.mode, placement, moving, address, world)

@@ -122,7 +122,9 @@ def restored_origin(
     where: str,
     policy: nn.Module,
     placement: SnapshotPlacement,
-    settings: Any,
+    mode: str,
+    cache_dir: str | None,
+    address: ByAddress,
 ) -> Origin:
     """The reference a checkpoint recorded: a cache's keys, an address or the snapshot.
 
@@ -131,29 +133,31 @@ def restored_origin(
         where: The checkpoint, for messages.
         policy: The live (resumed) policy.
         placement: The run's snapshot placement, decided as at a fresh start.
-        settings: The callback (its ``mode``, ``logps_cache_dir``, ``pretrained`` and
-            ``embed_snapshot``).
+        mode: The callback's ``mode`` (for the message when no state was saved).
+        cache_dir: The callback's ``logps_cache_dir``.
+        address: The pretrained source now (wins over the recorded one) and whether later
+            checkpoints keep naming it.
 
     Raises:
         CheckpointError: No state, a cache the settings do not name, or a bad snapshot.
     """
     if not state:
-        raise missing_state(where, settings.mode)
+        raise missing_state(where, mode)
     if state["reference"] == "cache":
-        if settings.logps_cache_dir is None:
+        if cache_dir is None:
             raise CheckpointError(
                 f"{where} used a reference cache: set callbacks.reference.logps_cache_dir to resume"
             )
-        cache = ReferenceLogpsCache(settings.logps_cache_dir)
+        cache = ReferenceLogpsCache(cache_dir)
         return Origin(load_cached_source(cache, state["cache_keys"]))
     last_sync_step = state.get("last_sync_step", 0)
     if state["reference"] != KIND:
         weights = weights_from_state(state, policy, placement, where)
         return Origin(SwapSource(weights), last_sync_step=last_sync_step)
-    path = settings.pretrained if settings.pretrained is not None else state["source"]
+    path = address.pretrained if address.pretrained is not None else state["source"]
     weights = snapshot_from_address(state, path, policy, placement, where)
     rank_zero_info(f"Reference policy (snapshot) rebuilt from {path}, fingerprint checked.")
-    address = None
-    if not settings.embed_snapshot:  # later checkpoints name it too, unless told not to
-        address = {k: v for k, v in state.items() if k != "last_sync_step"} | {"source": path}
-    return Origin(SwapSource(weights), address, last_sync_step)
+    named = None
+    if not address.embed:  # later checkpoints name it too, unless told not to
+        named = {k: v for k, v in state.items() if k != "last_sync_step"} | {"source": path}
+    return Origin(SwapSource(weights), named, last_sync_step)
