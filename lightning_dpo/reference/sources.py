@@ -186,11 +186,6 @@ class _WindowLogps:
         assert logps is not None
         return logps
 
-    @property
-    def holds_nothing(self) -> bool:
-        """Whether every computed log-prob has been handed out."""
-        return all(item is None for item in self.logps)
-
 
 def _device_batches(first: Any, later: list[Any], scorer: ReferenceScorer) -> Iterator[Any]:
     """``first`` (on the device already), then each later host batch moved when its turn comes."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_dpo.errors import CheckpointError
 from lightning_dpo.integrity import tensors_fingerprint
-from lightning_dpo.reference.node_share import shared_tensors
+from lightning_dpo.reference.node_share import NodeShare, shared_tensors
 from lightning_dpo.reference.weights.base import local_tensor, trainable_parameters
 from lightning_dpo.reference.weights.placement import SnapshotPlacement
 
@@ -74,18 +74,15 @@ class HostSnapshotReference:
         self, snapshot: dict[str, Tensor], placement: SnapshotPlacement | None = None
     ) -> None:
         self.placement = placement = placement or SnapshotPlacement()
-        self.pin_memory = placement.pin
-        self.swap_mode = placement.swap_mode
-        self.share = placement.share
         dtype = placement.dtype
-        if self.share is None:
+        if placement.share is None:
             self.snapshot = {
-                name: _host_buffer_like(tensor, self.pin_memory, dtype).copy_(tensor)
+                name: _host_buffer_like(tensor, placement.pin, dtype).copy_(tensor)
                 for name, tensor in snapshot.items()
             }
         else:
             specs = {n: (tuple(t.shape), dtype or t.dtype) for n, t in snapshot.items()}
-            self.snapshot = shared_tensors(specs, self.share, _filler(snapshot))
+            self.snapshot = shared_tensors(specs, placement.share, _filler(snapshot))
         self._stash: dict[str, Tensor] = {}
         self._swapped: list[tuple[nn.Parameter, Tensor, bool]] = []
         self._fingerprint: str | None = None
@@ -104,6 +101,21 @@ class HostSnapshotReference:
         with torch.no_grad():
             local = {name: local_tensor(param.detach()) for name, param in params.items()}
             return cls(local, placement or SnapshotPlacement.decide(model))
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the host buffers are pinned (the placement's ``pin``)."""
+        return self.placement.pin
+
+    @property
+    def swap_mode(self) -> str:
+        """How the snapshot is swapped in (the placement's)."""
+        return self.placement.swap_mode
+
+    @property
+    def share(self) -> NodeShare | None:
+        """The node share the snapshot lives in, or ``None`` (the placement's)."""
+        return self.placement.share
 
     @property
     def nbytes(self) -> int:
